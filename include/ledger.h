@@ -1,0 +1,102 @@
+/*
+ * ledger.h: the PostgreSQL ledger (DESIGN.md §5). One row per
+ * (consumer_group, document_id) in processed_documents, one row per HTTP
+ * request in deliveries. Every batch costs one round trip to claim and one
+ * to record. Only parameterised statements; no session state between
+ * transactions (works through pgbouncer in transaction pooling).
+ */
+#ifndef STAGERELAY_LEDGER_H
+#define STAGERELAY_LEDGER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct ledger;
+
+/* What a claim says about a document key. */
+enum ledger_claim {
+	LEDGER_OWNED = 0,	/* new, failed earlier, or its lease expired: ours */
+	LEDGER_DONE,		/* already triggered in the dedup window */
+	LEDGER_BUSY		/* live claim by another consumer */
+};
+
+/* Final statuses a worker writes. */
+enum ledger_status {
+	LEDGER_TRIGGERED = 0,
+	LEDGER_FAILED,		/* transient failure; claim released */
+	LEDGER_DEAD,		/* gave up; dead-lettered */
+	LEDGER_OBSERVED,	/* auto_process: false */
+	LEDGER_EXPIRED		/* too old for the backlog */
+};
+
+/* One document of a batch; strings are borrowed and may be NULL. */
+struct ledger_doc {
+	const char	*document_id;	/* the idempotency key */
+	const char	*event_id;
+	const char	*event_type;
+	const char	*event_source;
+	const char	*event_time;	/* RFC 3339 */
+	const char	*entry_id;	/* stream entry id */
+	const char	*batch_id;
+	const char	*job_id;
+
+	/* Filled by ledger_claim(). */
+	enum ledger_claim claim;
+	int		 attempts;	/* requests made before this one */
+	char		 prev_status[12];
+
+	/* Set by the caller before ledger_record(). */
+	enum ledger_status status;
+	const char	*route;
+	const char	*method;
+	const char	*url;
+	long		 http_status;	/* 0 = no response */
+	double		 latency_ms;
+	const char	*remote_job_id;
+	const char	*error;
+	bool		 requested;	/* a delivery row is written */
+};
+
+/*
+ * Connects (lazily reconnecting later). schema must be a plain identifier.
+ * Never NULL.
+ */
+struct ledger	*ledger_new(const char *dsn, const char *schema,
+		    const char *group, const char *consumer, const char *stream);
+void		 ledger_free(struct ledger *);
+int		 ledger_connect(struct ledger *);
+bool		 ledger_connected(const struct ledger *);
+
+/*
+ * Creates or upgrades the schema under a transaction-scoped advisory lock,
+ * so concurrent starts apply each migration once. Returns the schema
+ * version, or -1.
+ */
+int	ledger_migrate(struct ledger *);
+
+/*
+ * Claims docs[0..n) in one round trip; fills claim, attempts, prev_status.
+ * Keys must be unique within the call. lease_s: how long our claim holds;
+ * ttl_hours: dedup window (0 = forever); check_done false re-owns
+ * documents already triggered. Returns 0 or -1.
+ */
+int	ledger_claim(struct ledger *, struct ledger_doc *docs, size_t n,
+	    int lease_s, double ttl_hours, bool check_done);
+
+/*
+ * Records the outcome of docs[0..n) (status, and a deliveries row where
+ * requested) in one transaction and one round trip. Only rows we still
+ * hold the claim on are updated. Returns 0 or -1.
+ */
+int	ledger_record(struct ledger *, struct ledger_doc *docs, size_t n);
+
+/*
+ * Records documents seen but not triggered (observed, expired) without
+ * overwriting an existing row. Returns 0 or -1.
+ */
+int	ledger_note(struct ledger *, struct ledger_doc *docs, size_t n);
+
+const char *ledger_status_name(enum ledger_status);
+const char *ledger_schema(const struct ledger *);
+
+#endif

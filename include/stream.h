@@ -1,0 +1,75 @@
+/*
+ * stream.h: the Redis side (hiredis): the consumer group, reading entries,
+ * batched XACK and the dead-letter stream. Knows nothing of CloudEvents.
+ */
+#ifndef STAGERELAY_STREAM_H
+#define STAGERELAY_STREAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "cloudevent.h"
+#include "config.h"
+
+struct stream;
+
+struct stream_entry {
+	const char		*id;		/* borrowed from the batch */
+	struct entry_field	*fields;	/* point into the reply */
+	size_t			 nfields;	/* 0: entry deleted before read */
+};
+
+/* Entries of one read. stream_batch_free() releases the reply. */
+struct stream_batch {
+	struct stream_entry	*entries;
+	size_t			 n;
+	void			*reply;		/* the redisReply they point into */
+};
+
+/* What the dead-letter entry says besides the original fields. */
+struct dead_letter {
+	const char	*reason;	/* dlq_reason */
+	const char	*detail;	/* dlq_detail */
+	int		 attempts;	/* dlq_attempts */
+	long		 http_status;	/* dlq_http_status, 0 = none */
+};
+
+enum {
+	STREAM_ERR = -1,	/* connection or protocol error: reconnect */
+	STREAM_NOGROUP = -2	/* the key or the group vanished */
+};
+
+/* Never NULL. Connects lazily: stream_connect() before use. */
+struct stream	*stream_new(const struct config *, const char *consumer);
+void		 stream_free(struct stream *);
+int		 stream_connect(struct stream *);
+void		 stream_disconnect(struct stream *);
+bool		 stream_connected(const struct stream *);
+
+/*
+ * XGROUP CREATE ... MKSTREAM from "0" or "$". Returns 1 when created,
+ * 0 when it existed already, STREAM_ERR on error.
+ */
+int	stream_create_group(struct stream *, bool from_start);
+
+/*
+ * XREADGROUP GROUP g me COUNT count BLOCK block_ms STREAMS s start.
+ * start is ">" for new entries or an id for the own pending list.
+ * block_ms < 0 reads without BLOCK. Returns the number of entries,
+ * STREAM_NOGROUP or STREAM_ERR.
+ */
+int	stream_read(struct stream *, const char *start, int count,
+	    int block_ms, struct stream_batch *out);
+void	stream_batch_free(struct stream_batch *);
+
+/* One XACK for all ids. Returns 0 or STREAM_ERR. */
+int	stream_ack(struct stream *, const char *const *ids, size_t n);
+
+/* XADD dead_letter_stream MAXLEN ~ N * <original fields> dlq_* ... */
+int	stream_dead_letter(struct stream *, const struct stream_entry *,
+	    const struct dead_letter *);
+
+/* Number of entries in our own pending list, or -1. */
+long	stream_pending_count(struct stream *);
+
+#endif

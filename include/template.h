@@ -1,0 +1,36 @@
+/*
+ * template.h: {{path}} templates rendered against a CloudEvent (DESIGN.md §4).
+ *
+ * A string that is exactly "{{path}}" is replaced by the JSON value at path
+ * (any type). {{path}} inside a longer string is interpolated as text:
+ * strings as is, numbers and booleans in JSON form, objects and arrays as
+ * compact JSON; null cannot be interpolated. A missing path is an error,
+ * never an empty string. Paths: id, source, type, subject, time, any
+ * extension, data.a.b, documents.
+ */
+#ifndef STAGERELAY_TEMPLATE_H
+#define STAGERELAY_TEMPLATE_H
+
+#include <stddef.h>
+
+#include <cJSON.h>
+
+/* Value at a dotted path in ctx, or NULL. Borrowed from ctx. */
+const cJSON	*template_lookup(const cJSON *ctx, const char *path);
+
+/*
+ * Renders a template tree (objects, arrays, scalars; strings may hold
+ * templates). Returns a new tree (cJSON_Delete() it) or NULL with err set.
+ */
+cJSON	*template_render(const cJSON *tmpl, const cJSON *ctx, char *err,
+	    size_t errlen);
+
+/* Renders a template string as text. Returns a malloc'd string or NULL. */
+char	*template_render_string(const char *tmpl, const cJSON *ctx, char *err,
+	    size_t errlen);
+
+/* Syntax check (balanced braces, non-empty paths) for config load. */
+int	 template_check(const char *tmpl, char *err, size_t errlen);
+int	 template_check_tree(const cJSON *tmpl, char *err, size_t errlen);
+
+#endif

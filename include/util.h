@@ -1,0 +1,46 @@
+/*
+ * util.h: allocation that aborts on OOM, and a growable byte buffer.
+ */
+#ifndef STAGERELAY_UTIL_H
+#define STAGERELAY_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+
+/* All of these abort the process on allocation failure. Callers free(). */
+void	*xmalloc(size_t);
+void	*xcalloc(size_t, size_t);
+void	*xrealloc(void *, size_t);
+void	*xreallocarray(void *, size_t, size_t);
+char	*xstrdup(const char *);			/* NULL in, NULL out */
+char	*xstrndup(const char *, size_t);
+char	*xasprintf(const char *, ...) __attribute__((format(printf, 1, 2)));
+
+/* A NUL-terminated growable buffer. buf_free() releases it. */
+struct buf {
+	char	*data;
+	size_t	 len;
+	size_t	 cap;
+};
+
+void	 buf_init(struct buf *);
+void	 buf_free(struct buf *);
+void	 buf_reset(struct buf *);
+void	 buf_append(struct buf *, const char *, size_t);
+void	 buf_puts(struct buf *, const char *);
+void	 buf_putc(struct buf *, char);
+void	 buf_printf(struct buf *, const char *, ...)
+	    __attribute__((format(printf, 2, 3)));
+/* Hands the data to the caller (free() it) and resets the buffer. */
+char	*buf_steal(struct buf *);
+
+/* Monotonic and wall clocks in milliseconds. */
+long long	 now_mono_ms(void);
+long long	 now_wall_ms(void);
+/* "2026-01-05T16:27:08.268Z" (UTC, milliseconds). */
+void		 format_utc_ms(char *, size_t, long long unix_ms);
+
+/* strlcpy-like; always NUL-terminates when size > 0. */
+size_t	 strlcpy_s(char *, const char *, size_t);
+
+#endif

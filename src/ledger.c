@@ -1,0 +1,684 @@
+/*
+ * ledger.c: the PostgreSQL ledger through libpq.
+ *
+ * Statements name the schema explicitly (no search_path, no session state)
+ * so the ledger works through pgbouncer in transaction pooling. Batches
+ * travel as parallel text arrays unnested server-side: one round trip per
+ * batch whatever its size.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1
+#endif
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "ledger.h"
+#include "log.h"
+#include "util.h"
+
+struct ledger {
+	char	*dsn;
+	char	*schema;	/* as given: a plain identifier */
+	char	*group;
+	char	*consumer;
+	char	*stream;	/* source stream, stored with each row */
+	PGconn	*conn;
+	char	*sql_claim;
+	char	*sql_record;
+	char	*sql_note;
+};
+
+/*
+ * Migrations, in order; @S@ stands for the schema. Never edit a released
+ * one: append a new one.
+ */
+static const struct migration {
+	int		 version;
+	const char	*description;
+	const char	*sql;
+} migrations[] = {
+	{ 1, "processed_documents, deliveries, hourly view",
+"CREATE TABLE @S@.deliveries (\n"
+"  delivery_id     bigserial PRIMARY KEY,\n"
+"  consumer_group  text NOT NULL,\n"
+"  route           text NOT NULL,\n"
+"  method          text NOT NULL,\n"
+"  url             text NOT NULL,\n"
+"  idempotency_key text,\n"
+"  http_status     integer,\n"
+"  latency_ms      double precision,\n"
+"  outcome         text NOT NULL CHECK (outcome IN ('success','transient','permanent')),\n"
+"  remote_job_id   text,\n"
+"  error           text,\n"
+"  event_id        text,\n"
+"  stream_entry_id text,\n"
+"  requested_at    timestamptz NOT NULL DEFAULT now()\n"
+");\n"
+"CREATE TABLE @S@.processed_documents (\n"
+"  consumer_group   text NOT NULL,\n"
+"  document_id      text NOT NULL,\n"
+"  status           text NOT NULL CHECK (status IN ('claimed','triggered','failed','dead','observed','expired')),\n"
+"  attempts         integer NOT NULL DEFAULT 0,\n"
+"  claimed_by       text,\n"
+"  lease_until      timestamptz,\n"
+"  event_id         text,\n"
+"  event_type       text,\n"
+"  event_source     text,\n"
+"  event_time       timestamptz,\n"
+"  stream           text,\n"
+"  stream_entry_id  text,\n"
+"  batch_id         text,\n"
+"  job_id           text,\n"
+"  remote_job_id    text,\n"
+"  http_status      integer,\n"
+"  last_error       text,\n"
+"  last_delivery_id bigint REFERENCES @S@.deliveries (delivery_id) ON DELETE SET NULL,\n"
+"  first_seen_at    timestamptz NOT NULL DEFAULT now(),\n"
+"  triggered_at     timestamptz,\n"
+"  updated_at       timestamptz NOT NULL DEFAULT now(),\n"
+"  PRIMARY KEY (consumer_group, document_id)\n"
+");\n"
+"CREATE INDEX processed_documents_status_updated_idx ON @S@.processed_documents (status, updated_at);\n"
+"CREATE INDEX processed_documents_triggered_at_idx ON @S@.processed_documents (triggered_at);\n"
+"CREATE INDEX processed_documents_batch_idx ON @S@.processed_documents (batch_id) WHERE batch_id IS NOT NULL;\n"
+"CREATE INDEX processed_documents_job_idx ON @S@.processed_documents (job_id) WHERE job_id IS NOT NULL;\n"
+"CREATE INDEX processed_documents_remote_job_idx ON @S@.processed_documents (remote_job_id) WHERE remote_job_id IS NOT NULL;\n"
+"CREATE INDEX processed_documents_event_idx ON @S@.processed_documents (event_id);\n"
+"CREATE INDEX deliveries_requested_at_idx ON @S@.deliveries (requested_at);\n"
+"CREATE INDEX deliveries_key_idx ON @S@.deliveries (consumer_group, idempotency_key);\n"
+"CREATE INDEX deliveries_remote_job_idx ON @S@.deliveries (remote_job_id) WHERE remote_job_id IS NOT NULL;\n"
+"CREATE VIEW @S@.hourly_summary AS\n"
+"  SELECT date_trunc('hour', updated_at) AS hour, consumer_group, status,\n"
+"         count(*) AS documents, sum(attempts) AS requests\n"
+"    FROM @S@.processed_documents GROUP BY 1, 2, 3;\n"
+"COMMENT ON TABLE @S@.processed_documents IS 'One row per document (idempotency key) a consumer group has handled: the durable dedup record stagerelay checks before triggering and updates before acknowledging.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.consumer_group IS 'Redis consumer group (one per pipeline stage); dedup is per group.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.document_id IS 'The rendered idempotency key of the route: the document id, or job:<job_id> for batch events.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.status IS 'claimed (in flight), triggered (NLP accepted it), failed (transient failure, will be retried), dead (gave up; see the dead-letter stream), observed (seen with auto_process off), expired (too old for the backlog).';\n"
+"COMMENT ON COLUMN @S@.processed_documents.attempts IS 'HTTP requests made for this document so far.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.claimed_by IS 'Consumer name (<consumer_name>-<slot>) holding or last holding the claim.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.lease_until IS 'A claim by another consumer is honoured until this time; after it the document can be taken over.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.event_id IS 'CloudEvent id of the event that last claimed the document (Stage 1 event id).';\n"
+"COMMENT ON COLUMN @S@.processed_documents.event_type IS 'CloudEvent type, e.g. com.storytelling.cleaning.document.cleaned.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.event_source IS 'CloudEvent source, e.g. stage1-cleaning-pipeline.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.event_time IS 'CloudEvent time (when Stage 1 produced the event), if given.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.stream IS 'Redis stream the entry was read from.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.stream_entry_id IS 'Redis stream entry id (ms-seq) of the entry.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.batch_id IS 'Stage 1 batch id (data.batch_id), if any.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.job_id IS 'Stage 1 job id (data.job_id), if any.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.remote_job_id IS 'Job id the NLP API returned (route job_id_field).';\n"
+"COMMENT ON COLUMN @S@.processed_documents.http_status IS 'HTTP status of the last request, NULL if no response.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.last_error IS 'Why the last attempt failed, NULL after success.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.last_delivery_id IS 'The deliveries row of the last request made for this document.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.first_seen_at IS 'When stagerelay first recorded the document.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.triggered_at IS 'When the NLP API accepted the document; the dedup window counts from here.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.updated_at IS 'Last change of the row.';\n"
+"COMMENT ON TABLE @S@.deliveries IS 'One row per HTTP request stagerelay made to the downstream API.';\n"
+"COMMENT ON COLUMN @S@.deliveries.delivery_id IS 'Surrogate key.';\n"
+"COMMENT ON COLUMN @S@.deliveries.consumer_group IS 'Redis consumer group that made the request.';\n"
+"COMMENT ON COLUMN @S@.deliveries.route IS 'Name of the route (config routes[].name).';\n"
+"COMMENT ON COLUMN @S@.deliveries.method IS 'HTTP method.';\n"
+"COMMENT ON COLUMN @S@.deliveries.url IS 'Request URL (no credentials).';\n"
+"COMMENT ON COLUMN @S@.deliveries.idempotency_key IS 'Idempotency-Key header sent; equals processed_documents.document_id.';\n"
+"COMMENT ON COLUMN @S@.deliveries.http_status IS 'Response status, NULL when no response arrived.';\n"
+"COMMENT ON COLUMN @S@.deliveries.latency_ms IS 'Request duration in milliseconds.';\n"
+"COMMENT ON COLUMN @S@.deliveries.outcome IS 'success, transient (retryable) or permanent (dead-lettered).';\n"
+"COMMENT ON COLUMN @S@.deliveries.remote_job_id IS 'Job id returned by the API, if any.';\n"
+"COMMENT ON COLUMN @S@.deliveries.error IS 'Why the request failed, NULL on success.';\n"
+"COMMENT ON COLUMN @S@.deliveries.event_id IS 'CloudEvent id the request carried (ce-id header).';\n"
+"COMMENT ON COLUMN @S@.deliveries.stream_entry_id IS 'Redis stream entry id the request came from.';\n"
+"COMMENT ON COLUMN @S@.deliveries.requested_at IS 'When the request was recorded (after it completed).';\n"
+"COMMENT ON VIEW @S@.hourly_summary IS 'Documents and requests per hour, consumer group and status.';\n"
+	},
+};
+
+static const char sql_claim[] =
+"WITH input AS (\n"
+"  SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::text[],\n"
+"                       $10::timestamptz[], $11::text[], $12::text[], $13::text[])\n"
+"    AS t(document_id, event_id, event_type, event_source, event_time,\n"
+"         stream_entry_id, batch_id, job_id)\n"
+"), upsert AS (\n"
+"  INSERT INTO @S@.processed_documents AS d\n"
+"    (consumer_group, document_id, status, claimed_by, lease_until, event_id,\n"
+"     event_type, event_source, event_time, stream, stream_entry_id, batch_id, job_id)\n"
+"  SELECT $1, document_id, 'claimed', $2, now() + make_interval(secs => $3),\n"
+"         event_id, event_type, event_source, event_time, $14, stream_entry_id,\n"
+"         batch_id, job_id\n"
+"    FROM input\n"
+"  ON CONFLICT (consumer_group, document_id) DO UPDATE SET\n"
+"    status = 'claimed', claimed_by = excluded.claimed_by,\n"
+"    lease_until = excluded.lease_until, event_id = excluded.event_id,\n"
+"    event_type = excluded.event_type, event_source = excluded.event_source,\n"
+"    event_time = excluded.event_time, stream = excluded.stream,\n"
+"    stream_entry_id = excluded.stream_entry_id,\n"
+"    batch_id = coalesce(excluded.batch_id, d.batch_id),\n"
+"    job_id = coalesce(excluded.job_id, d.job_id), updated_at = now()\n"
+"  WHERE d.status IN ('failed', 'observed', 'expired')\n"
+/* our own claim (same stable consumer name: we crashed) or an expired one */
+"     OR (d.status = 'claimed' AND (d.claimed_by = excluded.claimed_by\n"
+"                                   OR d.lease_until < now()))\n"
+/* dead for another entry: a replay from the dead-letter stream */
+"     OR (d.status = 'dead' AND d.stream_entry_id IS DISTINCT FROM excluded.stream_entry_id)\n"
+"     OR (d.status = 'triggered' AND NOT $5)\n"
+"     OR (d.status = 'triggered' AND $4 > 0\n"
+"         AND d.triggered_at < now() - make_interval(secs => $4 * 3600))\n"
+"  RETURNING d.document_id, d.attempts\n"
+")\n"
+"SELECT i.document_id,\n"
+"       CASE WHEN u.document_id IS NOT NULL THEN 'owned'\n"
+"            WHEN d.status = 'claimed' THEN 'busy'\n"
+"            ELSE 'done' END,\n"
+"       coalesce(u.attempts, d.attempts, 0), coalesce(d.status, '')\n"
+"  FROM input i\n"
+"  LEFT JOIN upsert u USING (document_id)\n"
+"  LEFT JOIN @S@.processed_documents d\n"
+"         ON d.consumer_group = $1 AND d.document_id = i.document_id";
+
+static const char sql_record[] =
+"WITH r AS (\n"
+"  SELECT * FROM unnest($3::text[], $4::text[], $5::int[], $6::float8[],\n"
+"                       $7::text[], $8::text[], $9::text[], $10::text[],\n"
+"                       $11::text[], $12::text[], $13::text[], $14::boolean[])\n"
+"    AS t(document_id, status, http_status, latency_ms, remote_job_id, error,\n"
+"         route, method, url, event_id, stream_entry_id, requested)\n"
+"), del AS (\n"
+"  INSERT INTO @S@.deliveries (consumer_group, route, method, url,\n"
+"      idempotency_key, http_status, latency_ms, outcome, remote_job_id,\n"
+"      error, event_id, stream_entry_id)\n"
+"  SELECT $1, route, method, url, document_id, http_status, latency_ms,\n"
+"         CASE status WHEN 'triggered' THEN 'success'\n"
+"                     WHEN 'failed' THEN 'transient' ELSE 'permanent' END,\n"
+"         remote_job_id, error, event_id, stream_entry_id\n"
+"    FROM r WHERE requested\n"
+"  RETURNING delivery_id, idempotency_key\n"
+")\n"
+"UPDATE @S@.processed_documents d SET\n"
+"  status = r.status,\n"
+"  attempts = d.attempts + CASE WHEN r.requested THEN 1 ELSE 0 END,\n"
+"  http_status = r.http_status,\n"
+"  remote_job_id = coalesce(r.remote_job_id, d.remote_job_id),\n"
+"  last_error = r.error,\n"
+"  lease_until = NULL,\n"
+"  last_delivery_id = coalesce(del.delivery_id, d.last_delivery_id),\n"
+"  triggered_at = CASE WHEN r.status = 'triggered' THEN now() ELSE d.triggered_at END,\n"
+"  updated_at = now()\n"
+"  FROM r LEFT JOIN del ON del.idempotency_key = r.document_id\n"
+" WHERE d.consumer_group = $1 AND d.document_id = r.document_id\n"
+"   AND d.status = 'claimed' AND d.claimed_by = $2";
+
+static const char sql_note[] =
+"INSERT INTO @S@.processed_documents AS d\n"
+"  (consumer_group, document_id, status, event_id, event_type, event_source,\n"
+"   event_time, stream, stream_entry_id, batch_id, job_id, claimed_by)\n"
+"SELECT $1, t.document_id, t.status, t.event_id, t.event_type, t.event_source,\n"
+"       t.event_time, $12, t.stream_entry_id, t.batch_id, t.job_id, $2\n"
+"  FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[],\n"
+"              $8::timestamptz[], $9::text[], $10::text[], $11::text[])\n"
+"    AS t(document_id, status, event_id, event_type, event_source, event_time,\n"
+"         stream_entry_id, batch_id, job_id)\n"
+"ON CONFLICT (consumer_group, document_id) DO UPDATE SET\n"
+"  status = excluded.status, event_id = excluded.event_id,\n"
+"  stream_entry_id = excluded.stream_entry_id, updated_at = now()\n"
+"  WHERE d.status IN ('observed', 'expired')";
+
+static const char *status_names[] = {
+	"triggered", "failed", "dead", "observed", "expired"
+};
+
+const char *
+ledger_status_name(enum ledger_status s)
+{
+	return status_names[s];
+}
+
+/* Replaces every @S@ with the quoted schema. Caller frees. */
+static char *
+with_schema(const char *sql, const char *qschema)
+{
+	struct buf b;
+	const char *p;
+
+	buf_init(&b);
+	while ((p = strstr(sql, "@S@")) != NULL) {
+		buf_append(&b, sql, (size_t)(p - sql));
+		buf_puts(&b, qschema);
+		sql = p + 3;
+	}
+	buf_puts(&b, sql);
+	return buf_steal(&b);
+}
+
+struct ledger *
+ledger_new(const char *dsn, const char *schema, const char *group,
+    const char *consumer, const char *stream)
+{
+	struct ledger *l = xcalloc(1, sizeof(*l));
+	char *q;
+
+	l->dsn = xstrdup(dsn ? dsn : "");
+	l->schema = xstrdup(schema);
+	l->group = xstrdup(group);
+	l->consumer = xstrdup(consumer);
+	l->stream = xstrdup(stream);
+	/* The config admits plain identifiers only; quote anyway. */
+	q = xasprintf("\"%s\"", schema);
+	l->sql_claim = with_schema(sql_claim, q);
+	l->sql_record = with_schema(sql_record, q);
+	l->sql_note = with_schema(sql_note, q);
+	free(q);
+	return l;
+}
+
+void
+ledger_free(struct ledger *l)
+{
+	if (l == NULL)
+		return;
+	if (l->conn != NULL)
+		PQfinish(l->conn);
+	free(l->dsn);
+	free(l->schema);
+	free(l->group);
+	free(l->consumer);
+	free(l->stream);
+	free(l->sql_claim);
+	free(l->sql_record);
+	free(l->sql_note);
+	free(l);
+}
+
+const char *
+ledger_schema(const struct ledger *l)
+{
+	return l->schema;
+}
+
+/* PQerrorMessage ends with a newline; logs want one line. */
+static const char *
+pg_error(const PGconn *conn, const PGresult *res)
+{
+	static char msg[512];
+	const char *m = res ? PQresultErrorMessage(res) : PQerrorMessage(conn);
+	size_t n;
+
+	if (m == NULL || *m == '\0')
+		m = PQerrorMessage(conn);
+	strlcpy_s(msg, m ? m : "unknown error", sizeof(msg));
+	n = strlen(msg);
+	while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+		msg[--n] = '\0';
+	for (char *c = msg; *c; c++)
+		if (*c == '\n')
+			*c = ' ';
+	return msg;
+}
+
+int
+ledger_connect(struct ledger *l)
+{
+	if (l->conn != NULL) {
+		PQfinish(l->conn);
+		l->conn = NULL;
+	}
+	l->conn = PQconnectdb(l->dsn);
+	if (PQstatus(l->conn) != CONNECTION_OK) {
+		/* libpq's message never includes the password. */
+		log_warnx("ledger: cannot connect: %s", pg_error(l->conn, NULL));
+		PQfinish(l->conn);
+		l->conn = NULL;
+		return -1;
+	}
+	log_debug("ledger: connected to %s:%s", PQhost(l->conn), PQport(l->conn));
+	return 0;
+}
+
+bool
+ledger_connected(const struct ledger *l)
+{
+	return l->conn != NULL && PQstatus(l->conn) == CONNECTION_OK;
+}
+
+/* A failed statement on a broken connection: drop it, reconnect later. */
+static void
+check_broken(struct ledger *l)
+{
+	if (l->conn != NULL && PQstatus(l->conn) != CONNECTION_OK) {
+		PQfinish(l->conn);
+		l->conn = NULL;
+	}
+}
+
+static int
+ensure_conn(struct ledger *l)
+{
+	if (ledger_connected(l))
+		return 0;
+	return ledger_connect(l);
+}
+
+static int
+exec_simple(struct ledger *l, const char *sql, const char *what)
+{
+	PGresult *res = PQexec(l->conn, sql);
+	int ok = PQresultStatus(res) == PGRES_COMMAND_OK ||
+	    PQresultStatus(res) == PGRES_TUPLES_OK;
+
+	if (!ok)
+		log_warnx("ledger: %s: %s", what, pg_error(l->conn, res));
+	PQclear(res);
+	return ok ? 0 : -1;
+}
+
+int
+ledger_migrate(struct ledger *l)
+{
+	char *q, *sql, *lock;
+	const char *params[1];
+	PGresult *res;
+	int version = 0, ret = -1;
+	size_t i;
+
+	if (ensure_conn(l) == -1)
+		return -1;
+	q = xasprintf("\"%s\"", l->schema);
+	if (exec_simple(l, "BEGIN", "migrate") == -1)
+		goto out;
+	/* Transaction-scoped, so it is released even through pgbouncer. */
+	lock = xasprintf("stagerelay.migrate.%s", l->schema);
+	params[0] = lock;
+	res = PQexecParams(l->conn,
+	    "SELECT pg_advisory_xact_lock(hashtext($1))", 1, NULL, params,
+	    NULL, NULL, 0);
+	free(lock);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		log_warnx("ledger: migrate: lock: %s", pg_error(l->conn, res));
+		PQclear(res);
+		goto rollback;
+	}
+	PQclear(res);
+
+	sql = with_schema(
+	    "CREATE SCHEMA IF NOT EXISTS @S@;\n"
+	    "CREATE TABLE IF NOT EXISTS @S@.schema_migrations (\n"
+	    "  version integer PRIMARY KEY,\n"
+	    "  description text NOT NULL,\n"
+	    "  applied_at timestamptz NOT NULL DEFAULT now());\n"
+	    "COMMENT ON TABLE @S@.schema_migrations IS "
+	    "'Ledger schema versions applied by stagerelay ledger migrate.';", q);
+	if (exec_simple(l, sql, "migrate: schema") == -1) {
+		free(sql);
+		goto rollback;
+	}
+	free(sql);
+
+	sql = with_schema("SELECT coalesce(max(version), 0) FROM @S@.schema_migrations", q);
+	res = PQexec(l->conn, sql);
+	free(sql);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		log_warnx("ledger: migrate: %s", pg_error(l->conn, res));
+		PQclear(res);
+		goto rollback;
+	}
+	version = atoi(PQgetvalue(res, 0, 0));
+	PQclear(res);
+
+	for (i = 0; i < sizeof(migrations) / sizeof(migrations[0]); i++) {
+		const struct migration *m = &migrations[i];
+		char v[16];
+		const char *p[2];
+
+		if (m->version <= version)
+			continue;
+		sql = with_schema(m->sql, q);
+		if (exec_simple(l, sql, "migrate") == -1) {
+			free(sql);
+			goto rollback;
+		}
+		free(sql);
+		snprintf(v, sizeof(v), "%d", m->version);
+		p[0] = v;
+		p[1] = m->description;
+		sql = with_schema("INSERT INTO @S@.schema_migrations "
+		    "(version, description) VALUES ($1, $2)", q);
+		res = PQexecParams(l->conn, sql, 2, NULL, p, NULL, NULL, 0);
+		free(sql);
+		if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+			log_warnx("ledger: migrate: %s", pg_error(l->conn, res));
+			PQclear(res);
+			goto rollback;
+		}
+		PQclear(res);
+		log_info("ledger: schema %s migrated to version %d (%s)",
+		    l->schema, m->version, m->description);
+		version = m->version;
+	}
+	if (exec_simple(l, "COMMIT", "migrate: commit") == -1)
+		goto out;
+	ret = version;
+	goto out;
+rollback:
+	exec_simple(l, "ROLLBACK", "migrate: rollback");
+out:
+	check_broken(l);
+	free(q);
+	return ret;
+}
+
+/* A PostgreSQL array literal of text: {"a","b",NULL}. */
+static void
+array_text(struct buf *b, const char *v)
+{
+	if (b->len > 1)
+		buf_putc(b, ',');
+	if (v == NULL) {
+		buf_puts(b, "NULL");
+		return;
+	}
+	buf_putc(b, '"');
+	for (; *v; v++) {
+		if (*v == '"' || *v == '\\')
+			buf_putc(b, '\\');
+		buf_putc(b, *v);
+	}
+	buf_putc(b, '"');
+}
+
+static void
+arrays_open(struct buf *a, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		buf_init(&a[i]);
+		buf_putc(&a[i], '{');
+	}
+}
+
+static void
+arrays_close(struct buf *a, size_t n, const char **params)
+{
+	for (size_t i = 0; i < n; i++) {
+		buf_putc(&a[i], '}');
+		params[i] = a[i].data;
+	}
+}
+
+static void
+arrays_free(struct buf *a, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		buf_free(&a[i]);
+}
+
+static enum ledger_claim
+claim_parse(const char *s)
+{
+	if (strcmp(s, "owned") == 0)
+		return LEDGER_OWNED;
+	if (strcmp(s, "busy") == 0)
+		return LEDGER_BUSY;
+	return LEDGER_DONE;
+}
+
+int
+ledger_claim(struct ledger *l, struct ledger_doc *docs, size_t n, int lease_s,
+    double ttl_hours, bool check_done)
+{
+	struct buf a[8];
+	const char *params[14];
+	char lease[16], ttl[32];
+	PGresult *res;
+	int ret = -1;
+
+	if (n == 0)
+		return 0;
+	if (ensure_conn(l) == -1)
+		return -1;
+	arrays_open(a, 8);
+	for (size_t i = 0; i < n; i++) {
+		array_text(&a[0], docs[i].document_id);
+		array_text(&a[1], docs[i].event_id);
+		array_text(&a[2], docs[i].event_type);
+		array_text(&a[3], docs[i].event_source);
+		array_text(&a[4], docs[i].event_time);
+		array_text(&a[5], docs[i].entry_id);
+		array_text(&a[6], docs[i].batch_id);
+		array_text(&a[7], docs[i].job_id);
+	}
+	arrays_close(a, 8, params + 5);
+	snprintf(lease, sizeof(lease), "%d", lease_s);
+	snprintf(ttl, sizeof(ttl), "%g", ttl_hours);
+	params[0] = l->group;
+	params[1] = l->consumer;
+	params[2] = lease;
+	params[3] = ttl;
+	params[4] = check_done ? "true" : "false";
+	params[13] = l->stream;
+	res = PQexecParams(l->conn, l->sql_claim, 14, NULL, params, NULL,
+	    NULL, 0);
+	arrays_free(a, 8);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		log_warnx("ledger: claim failed: %s", pg_error(l->conn, res));
+		goto out;
+	}
+	if ((size_t)PQntuples(res) != n) {
+		log_warnx("ledger: claim returned %d rows for %zu documents",
+		    PQntuples(res), n);
+		goto out;
+	}
+	/* Rows come back in no promised order: match by key. */
+	for (int r = 0; r < PQntuples(res); r++) {
+		const char *key = PQgetvalue(res, r, 0);
+
+		for (size_t i = 0; i < n; i++) {
+			if (strcmp(docs[i].document_id, key) != 0)
+				continue;
+			docs[i].claim = claim_parse(PQgetvalue(res, r, 1));
+			docs[i].attempts = atoi(PQgetvalue(res, r, 2));
+			strlcpy_s(docs[i].prev_status, PQgetvalue(res, r, 3),
+			    sizeof(docs[i].prev_status));
+			break;
+		}
+	}
+	ret = 0;
+out:
+	PQclear(res);
+	check_broken(l);
+	return ret;
+}
+
+int
+ledger_record(struct ledger *l, struct ledger_doc *docs, size_t n)
+{
+	struct buf a[12];
+	const char *params[14];
+	char num[64];
+	PGresult *res;
+	int ret = -1;
+
+	if (n == 0)
+		return 0;
+	if (ensure_conn(l) == -1)
+		return -1;
+	arrays_open(a, 12);
+	for (size_t i = 0; i < n; i++) {
+		const struct ledger_doc *d = &docs[i];
+
+		array_text(&a[0], d->document_id);
+		array_text(&a[1], ledger_status_name(d->status));
+		snprintf(num, sizeof(num), "%ld", d->http_status);
+		array_text(&a[2], d->http_status > 0 ? num : NULL);
+		snprintf(num, sizeof(num), "%.3f", d->latency_ms);
+		array_text(&a[3], d->requested ? num : NULL);
+		array_text(&a[4], d->remote_job_id);
+		array_text(&a[5], d->error);
+		array_text(&a[6], d->route ? d->route : "");
+		array_text(&a[7], d->method ? d->method : "");
+		array_text(&a[8], d->url ? d->url : "");
+		array_text(&a[9], d->event_id);
+		array_text(&a[10], d->entry_id);
+		array_text(&a[11], d->requested ? "true" : "false");
+	}
+	arrays_close(a, 12, params + 2);
+	params[0] = l->group;
+	params[1] = l->consumer;
+	res = PQexecParams(l->conn, l->sql_record, 14, NULL, params, NULL,
+	    NULL, 0);
+	arrays_free(a, 12);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+		log_warnx("ledger: record failed: %s", pg_error(l->conn, res));
+	else {
+		if ((size_t)atol(PQcmdTuples(res)) != n)
+			log_warnx("ledger: recorded %s of %zu documents (claims "
+			    "taken over meanwhile)", PQcmdTuples(res), n);
+		ret = 0;
+	}
+	PQclear(res);
+	check_broken(l);
+	return ret;
+}
+
+int
+ledger_note(struct ledger *l, struct ledger_doc *docs, size_t n)
+{
+	struct buf a[9];
+	const char *params[12];
+	PGresult *res;
+	int ret = -1;
+
+	if (n == 0)
+		return 0;
+	if (ensure_conn(l) == -1)
+		return -1;
+	arrays_open(a, 9);
+	for (size_t i = 0; i < n; i++) {
+		const struct ledger_doc *d = &docs[i];
+
+		array_text(&a[0], d->document_id);
+		array_text(&a[1], ledger_status_name(d->status));
+		array_text(&a[2], d->event_id);
+		array_text(&a[3], d->event_type);
+		array_text(&a[4], d->event_source);
+		array_text(&a[5], d->event_time);
+		array_text(&a[6], d->entry_id);
+		array_text(&a[7], d->batch_id);
+		array_text(&a[8], d->job_id);
+	}
+	arrays_close(a, 9, params + 2);
+	params[0] = l->group;
+	params[1] = l->consumer;
+	params[11] = l->stream;
+	res = PQexecParams(l->conn, l->sql_note, 12, NULL, params, NULL,
+	    NULL, 0);
+	arrays_free(a, 9);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+		log_warnx("ledger: note failed: %s", pg_error(l->conn, res));
+	else
+		ret = 0;
+	PQclear(res);
+	check_broken(l);
+	return ret;
+}

@@ -1,0 +1,360 @@
+/*
+ * trigger.c: a batch's requests made concurrently with libcurl multi.
+ *
+ * One multi handle per worker keeps connections alive between batches; the
+ * easy handles are pooled too, so a steady stream of batches allocates
+ * little. Responses are read up to a cap: the API's answer is small, and
+ * a runaway body must not grow a worker.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1
+#endif
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <cJSON.h>
+#include <curl/curl.h>
+
+#include "log.h"
+#include "trigger.h"
+#include "util.h"
+
+#define RESPONSE_MAX	(1024 * 1024)
+
+struct transfer {
+	CURL		*easy;
+	struct buf	 body;
+	long		 retry_after_s;
+	bool		 truncated;
+	bool		 done;
+	struct curl_slist *headers;
+	long long	 started_ms;
+};
+
+struct trigger {
+	const struct config	*cfg;
+	CURLM			*multi;
+	struct transfer		*pool;
+	size_t			 npool;
+};
+
+static int curl_initialised;
+
+const char *
+trigger_outcome_name(enum trigger_outcome o)
+{
+	switch (o) {
+	case TRIGGER_SUCCESS:
+		return "success";
+	case TRIGGER_TRANSIENT:
+		return "transient";
+	default:
+		return "permanent";
+	}
+}
+
+struct trigger *
+trigger_new(const struct config *cfg)
+{
+	struct trigger *t = xcalloc(1, sizeof(*t));
+
+	if (!curl_initialised) {
+		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+			fatalx("trigger: curl_global_init failed");
+		curl_initialised = 1;
+	}
+	t->cfg = cfg;
+	if ((t->multi = curl_multi_init()) == NULL)
+		fatalx("trigger: curl_multi_init failed");
+	return t;
+}
+
+void
+trigger_free(struct trigger *t)
+{
+	if (t == NULL)
+		return;
+	for (size_t i = 0; i < t->npool; i++) {
+		curl_easy_cleanup(t->pool[i].easy);
+		buf_free(&t->pool[i].body);
+	}
+	free(t->pool);
+	curl_multi_cleanup(t->multi);
+	free(t);
+}
+
+void
+trigger_result_clear(struct trigger_result *r)
+{
+	free(r->remote_job_id);
+	free(r->error);
+	memset(r, 0, sizeof(*r));
+	r->retry_after_s = -1;
+}
+
+static size_t
+on_body(char *ptr, size_t size, size_t nmemb, void *arg)
+{
+	struct transfer *x = arg;
+	size_t n = size * nmemb;
+
+	if (x->body.len + n > RESPONSE_MAX) {
+		x->truncated = true;
+		return n;	/* keep the connection; ignore the rest */
+	}
+	buf_append(&x->body, ptr, n);
+	return n;
+}
+
+static size_t
+on_header(char *ptr, size_t size, size_t nmemb, void *arg)
+{
+	struct transfer *x = arg;
+	size_t n = size * nmemb;
+
+	/* Retry-After: delay-seconds. (An HTTP-date is rare from APIs.) */
+	if (n > 12 && strncasecmp(ptr, "Retry-After:", 12) == 0) {
+		const char *p = ptr + 12;
+
+		while (p < ptr + n && isspace((unsigned char)*p))
+			p++;
+		if (p < ptr + n && isdigit((unsigned char)*p))
+			x->retry_after_s = strtol(p, NULL, 10);
+	}
+	return n;
+}
+
+/* Short, loggable excerpt of a response body. Caller frees. */
+static char *
+excerpt(const char *body, size_t len)
+{
+	struct buf b;
+	size_t i;
+
+	buf_init(&b);
+	for (i = 0; i < len && i < 200; i++) {
+		unsigned char c = (unsigned char)body[i];
+
+		buf_putc(&b, (c < 0x20 || c == 0x7f) ? ' ' : (char)c);
+	}
+	if (len > 200)
+		buf_puts(&b, "...");
+	return buf_steal(&b);
+}
+
+static bool
+transient_status(long status)
+{
+	return status == 408 || status == 425 || status == 429 ||
+	    (status >= 500 && status <= 599);
+}
+
+void
+trigger_classify(long status, const char *body, size_t bodylen,
+    const char *success_field, const char *job_id_field,
+    struct trigger_result *out)
+{
+	cJSON *json = NULL;
+	const cJSON *v;
+	char *ex;
+
+	out->http_status = status;
+	if (body != NULL && bodylen > 0)
+		json = cJSON_ParseWithLength(body, bodylen);
+
+	if (status == 409) {
+		/* The API already has it: as good as accepted. */
+		out->outcome = TRIGGER_SUCCESS;
+	} else if (status >= 200 && status <= 299) {
+		out->outcome = TRIGGER_SUCCESS;
+		/*
+		 * The deployed Stage 2 answers 200 with success:false on
+		 * failure. A body without the field (or not JSON, e.g. an
+		 * empty 202) is taken as success: only an explicit false, or
+		 * a non-boolean value, fails.
+		 */
+		if (success_field != NULL && cJSON_IsObject(json) &&
+		    (v = cJSON_GetObjectItemCaseSensitive(json,
+		    success_field)) != NULL && !cJSON_IsTrue(v)) {
+			const cJSON *e = cJSON_GetObjectItemCaseSensitive(json,
+			    "error");
+
+			out->outcome = TRIGGER_PERMANENT;
+			if (cJSON_IsString(e))
+				out->error = xasprintf("HTTP %ld with %s: %s: %s",
+				    status, success_field,
+				    cJSON_IsFalse(v) ? "false" : "not true",
+				    e->valuestring);
+			else {
+				ex = excerpt(body, bodylen);
+				out->error = xasprintf("HTTP %ld with %s not "
+				    "true: %s", status, success_field, ex);
+				free(ex);
+			}
+		}
+	} else {
+		out->outcome = transient_status(status) ? TRIGGER_TRANSIENT :
+		    TRIGGER_PERMANENT;
+		ex = excerpt(body ? body : "", body ? bodylen : 0);
+		out->error = xasprintf("HTTP %ld%s%s", status,
+		    *ex ? ": " : "", ex);
+		free(ex);
+	}
+
+	if (job_id_field != NULL && cJSON_IsObject(json) &&
+	    (v = cJSON_GetObjectItemCaseSensitive(json, job_id_field)) != NULL) {
+		if (cJSON_IsString(v) && *v->valuestring != '\0')
+			out->remote_job_id = xstrdup(v->valuestring);
+		else if (cJSON_IsNumber(v))
+			out->remote_job_id = xasprintf("%.0f", v->valuedouble);
+	}
+	cJSON_Delete(json);
+}
+
+static void
+pool_grow(struct trigger *t, size_t n)
+{
+	if (n <= t->npool)
+		return;
+	t->pool = xreallocarray(t->pool, n, sizeof(*t->pool));
+	for (size_t i = t->npool; i < n; i++) {
+		memset(&t->pool[i], 0, sizeof(t->pool[i]));
+		if ((t->pool[i].easy = curl_easy_init()) == NULL)
+			fatalx("trigger: curl_easy_init failed");
+		buf_init(&t->pool[i].body);
+	}
+	t->npool = n;
+}
+
+static void
+transfer_setup(struct trigger *t, struct transfer *x, const struct request *rq)
+{
+	const struct config *cfg = t->cfg;
+	CURL *e = x->easy;
+	char *h;
+
+	curl_easy_reset(e);
+	buf_reset(&x->body);
+	x->retry_after_s = -1;
+	x->truncated = false;
+	x->headers = NULL;
+
+	h = xasprintf("Content-Type: %s", rq->content_type ?
+	    rq->content_type : "application/json");
+	x->headers = curl_slist_append(x->headers, h);
+	free(h);
+	h = xasprintf("Idempotency-Key: %s", rq->idempotency_key);
+	x->headers = curl_slist_append(x->headers, h);
+	free(h);
+	for (size_t i = 0; i < rq->nheaders; i++)
+		x->headers = curl_slist_append(x->headers, rq->headers[i]);
+	for (size_t i = 0; i < cfg->nlp_api.nheaders; i++) {
+		h = xasprintf("%s: %s", cfg->nlp_api.headers[i].name,
+		    cfg->nlp_api.headers[i].value);
+		x->headers = curl_slist_append(x->headers, h);
+		free(h);
+	}
+	/* Suppress "Expect: 100-continue": one round trip, not two. */
+	x->headers = curl_slist_append(x->headers, "Expect:");
+
+	curl_easy_setopt(e, CURLOPT_URL, rq->url);
+	curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, rq->method);
+	if (strcmp(rq->method, "GET") != 0 && strcmp(rq->method, "DELETE") != 0) {
+		curl_easy_setopt(e, CURLOPT_POSTFIELDS, rq->body ? rq->body : "");
+		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)rq->bodylen);
+	}
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)cfg->nlp_api.timeout_ms);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+	    (long)cfg->nlp_api.connect_timeout_ms);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+	curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+	curl_easy_setopt(e, CURLOPT_USERAGENT, "stagerelay/" PACKAGE_VERSION);
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, cfg->nlp_api.verify_tls ? 1L : 0L);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, cfg->nlp_api.verify_tls ? 2L : 0L);
+	if (cfg->nlp_api.ca_file != NULL && *cfg->nlp_api.ca_file != '\0')
+		curl_easy_setopt(e, CURLOPT_CAINFO, cfg->nlp_api.ca_file);
+}
+
+void
+trigger_run(struct trigger *t, const struct request *reqs, size_t n,
+    struct trigger_result *results)
+{
+	int running = 0, msgs;
+	CURLMsg *m;
+
+	if (n == 0)
+		return;
+	pool_grow(t, n);
+	for (size_t i = 0; i < n; i++) {
+		memset(&results[i], 0, sizeof(results[i]));
+		results[i].retry_after_s = -1;
+		/* Until a transfer completes, it has not succeeded. */
+		results[i].outcome = TRIGGER_TRANSIENT;
+		t->pool[i].done = false;
+		transfer_setup(t, &t->pool[i], &reqs[i]);
+		t->pool[i].started_ms = now_mono_ms();
+		curl_multi_add_handle(t->multi, t->pool[i].easy);
+	}
+
+	do {
+		CURLMcode mc = curl_multi_perform(t->multi, &running);
+
+		if (mc != CURLM_OK) {
+			log_warnx("trigger: curl_multi_perform: %s",
+			    curl_multi_strerror(mc));
+			break;
+		}
+		while ((m = curl_multi_info_read(t->multi, &msgs)) != NULL) {
+			struct transfer *x;
+			size_t i;
+			long status = 0;
+
+			if (m->msg != CURLMSG_DONE)
+				continue;
+			curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE,
+			    (char **)&x);
+			i = (size_t)(x - t->pool);
+			x->done = true;
+			results[i].latency_ms = (double)(now_mono_ms() -
+			    x->started_ms);
+			results[i].retry_after_s = x->retry_after_s;
+			if (m->data.result != CURLE_OK) {
+				/* Timeouts and connection errors: transient. */
+				results[i].outcome = TRIGGER_TRANSIENT;
+				results[i].error = xasprintf("%s",
+				    curl_easy_strerror(m->data.result));
+				continue;
+			}
+			curl_easy_getinfo(m->easy_handle,
+			    CURLINFO_RESPONSE_CODE, &status);
+			trigger_classify(status, x->body.data, x->body.len,
+			    reqs[i].route ? reqs[i].route->success_field : NULL,
+			    reqs[i].route ? reqs[i].route->job_id_field : NULL,
+			    &results[i]);
+			results[i].retry_after_s = x->retry_after_s;
+		}
+		if (running > 0)
+			curl_multi_poll(t->multi, NULL, 0, 1000, NULL);
+	} while (running > 0);
+
+	for (size_t i = 0; i < n; i++) {
+		if (!t->pool[i].done)
+			results[i].error = xstrdup("transfer did not complete");
+		curl_multi_remove_handle(t->multi, t->pool[i].easy);
+		curl_slist_free_all(t->pool[i].headers);
+		t->pool[i].headers = NULL;
+		/* Drop large response buffers; keep small ones for reuse. */
+		if (t->pool[i].body.cap > 65536)
+			buf_free(&t->pool[i].body);
+	}
+}
