@@ -1,0 +1,439 @@
+"""Fixtures for stagerelay's integration tests.
+
+Real servers, started here on loopback: one redis-server and one PostgreSQL
+cluster per session (as `nobody` when root), a fresh database and an empty
+Redis per test. The only stand-in is the NLP API (tests/tools/mock_nlp.py),
+reset per test. The binary under test is $STAGERELAY_BIN (default
+<repo>/stagerelay); $STAGERELAY_SRCDIR is the repository root.
+
+A missing binary or server is an error that stops the run (exit 99, a
+hard error to automake), never a skip.
+"""
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+SRCDIR = os.path.abspath(os.environ.get("STAGERELAY_SRCDIR") or
+                         os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.path.abspath(os.environ.get("STAGERELAY_BIN") or
+                      os.path.join(SRCDIR, "stagerelay"))
+TOOLS = os.path.join(SRCDIR, "tests", "tools")
+sys.path.insert(0, TOOLS)
+
+import logfmt  # noqa: E402
+import publish  # noqa: E402
+import servers  # noqa: E402
+
+STREAM = publish.DEFAULT_STREAM
+GROUP = "stage2-nlp-processor"
+DLQ = "stage2:nlp:failed-events"
+CONSUMER = "itest"
+WORKER = CONSUMER + "-1"          # worker slot 1's consumer name
+DOC_ROUTE_PATH = "/api/v2/nlp/process"
+BATCH_ROUTE_PATH = "/v2/process/batch"
+
+EXIT_OK, EXIT_PENDING, EXIT_CONFIG = 0, 75, 78
+RUN_TIMEOUT = 30.0          # seconds any single stagerelay run may take
+
+
+# ---- prerequisites: fail loudly, never skip ----------------------------
+
+def pytest_sessionstart(session):
+    problems = []
+    if not (os.path.isfile(BIN) and os.access(BIN, os.X_OK)):
+        problems.append("stagerelay binary not found or not executable: %s "
+                        "(build it with ./bootstrap or make; or set "
+                        "STAGERELAY_BIN)" % BIN)
+    for mod in ("redis", "psycopg2", "yaml"):
+        try:
+            __import__(mod)
+        except ImportError:
+            problems.append("Python module %s missing (Debian package "
+                            "python3-%s; run with /usr/bin/python3)"
+                            % (mod, mod))
+    if servers.RedisServer().binary is None:
+        problems.append("redis-server not found (Debian package "
+                        "redis-server)")
+    bindir = servers._pg_bindir()
+    if not bindir or not os.access(os.path.join(bindir, "postgres"),
+                                   os.X_OK):
+        problems.append("PostgreSQL server binaries not found (Debian "
+                        "package postgresql; or set STAGERELAY_PG_BINDIR)")
+    if problems:
+        pytest.exit("integration tests cannot run:\n  " +
+                    "\n  ".join(problems), returncode=99)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test shows what its background daemons logged."""
+    outcome = yield
+    report = outcome.get_result()
+    e = getattr(item, "funcargs", {}).get("env")
+    if report.failed and isinstance(e, Env):
+        for i, d in enumerate(e.daemons, 1):
+            report.sections.append(("stagerelay daemon %d stderr" % i,
+                                    d.stderr))
+
+
+# ---- session servers ---------------------------------------------------
+
+@pytest.fixture(scope="session")
+def redis_server():
+    srv = servers.RedisServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    srv = servers.PostgresServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def mock_server():
+    srv = servers.MockNLP("thread").start()
+    yield srv
+    srv.stop()
+
+
+# ---- waiting -----------------------------------------------------------
+
+def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
+    """Polls predicate() until it returns something truthy; returns it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.1f s waiting for %s"
+                                 % (timeout, what))
+        time.sleep(interval)
+
+
+# ---- running the binary ------------------------------------------------
+
+class Result:
+    """A finished stagerelay run."""
+
+    def __init__(self, args, returncode, stdout, stderr):
+        self.args = args
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.logs = logfmt.parse(stderr)
+
+    def log(self, msg, **match):
+        """Log records with msg=msg whose fields equal match."""
+        return [r for r in self.logs if r.get("msg") == msg and
+                all(r.get(k) == str(v) for k, v in match.items())]
+
+    def __str__(self):
+        return ("stagerelay %s -> exit %s\n--- stdout ---\n%s\n"
+                "--- stderr ---\n%s" % (" ".join(self.args), self.returncode,
+                                        self.stdout, self.stderr))
+
+
+class Daemon:
+    """stagerelay running in the background; stderr collected by a thread."""
+
+    def __init__(self, args, env):
+        self.args = args
+        self.proc = subprocess.Popen([BIN] + args, env=env,
+                                     stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True,
+                                     errors="replace")
+        self.lines = []
+        self.stdout = ""
+        self._cond = threading.Condition()
+        self._err = threading.Thread(target=self._read_stderr, daemon=True)
+        self._out = threading.Thread(target=self._read_stdout, daemon=True)
+        self._err.start()
+        self._out.start()
+
+    def _read_stderr(self):
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+
+    def _read_stdout(self):
+        self.stdout = self.proc.stdout.read()
+
+    @property
+    def stderr(self):
+        with self._cond:
+            return "".join(self.lines)
+
+    @property
+    def logs(self):
+        return logfmt.parse(self.stderr)
+
+    def log(self, msg, **match):
+        return [r for r in self.logs if r.get("msg") == msg and
+                all(r.get(k) == str(v) for k, v in match.items())]
+
+    def wait_log(self, msg, timeout=10.0, **match):
+        """Waits for a log record msg=msg (with fields equal to match)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = self.log_locked(msg, match)
+                if found:
+                    return found[0]
+                if self.proc.poll() is not None:
+                    raise AssertionError("stagerelay exited (%s) before "
+                                         "logging msg=%s\n%s" % (
+                                             self.proc.returncode, msg,
+                                             "".join(self.lines)))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("no msg=%s %s logged within %.1f s"
+                                         "\n%s" % (msg, match, timeout,
+                                                   "".join(self.lines)))
+                self._cond.wait(min(left, 0.1))
+
+    def log_locked(self, msg, match):
+        recs = logfmt.parse("".join(self.lines))
+        return [r for r in recs if r.get("msg") == msg and
+                all(r.get(k) == str(v) for k, v in match.items())]
+
+    def stop(self, sig=signal.SIGTERM, timeout=15.0):
+        """Signals the daemon and returns its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError("stagerelay did not exit within %.0f s of "
+                                 "signal %s\n%s" % (timeout, sig,
+                                                    self.stderr))
+        self._err.join(5)
+        self._out.join(5)
+        return self.proc.returncode
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def _merge(base, over):
+    """Recursive dict merge; a value of None in `over` deletes the key."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+class Env:
+    """Everything one test needs: servers, a fresh database, a config
+    writer, the binary, and views of what a user would observe."""
+
+    def __init__(self, redis_server, pg_server, mock, tmpdir, dbname):
+        self.redis_server = redis_server
+        self.pg = pg_server
+        self.mock = mock
+        self.tmpdir = tmpdir
+        self.dbname = dbname
+        self.dsn = pg_server.dsn_for(dbname)
+        self.redis = redis_server.client()
+        self.publisher = publish.Publisher(self.redis, STREAM)
+        self.daemons = []
+        self._configs = 0
+        self._db = None
+
+    # -- configuration --
+    def base_config(self):
+        return {
+            "enabled": True,
+            "source_stream": STREAM,
+            "redis_host": "127.0.0.1",
+            "redis_port": self.redis_server.port,
+            "redis_db": 0,
+            "consumer_group": GROUP,
+            "consumer_name": CONSUMER,
+            "consume_events": [],
+            "auto_process": True,
+            "poll_interval_ms": 100,
+            "batch_size": 10,
+            "process_backlog": True,
+            "retry_failed": True,
+            "dead_letter_stream": DLQ,
+            "check_already_processed": True,
+            "deduplication_ttl_hours": 24,
+            "nlp_api": {"base_url": self.mock.url, "timeout_ms": 5000,
+                        "connect_timeout_ms": 1000},
+            "ledger": {"dsn": self.dsn, "schema": "stagerelay"},
+            "logging": {"format": "logfmt", "level": "info"},
+        }
+
+    def write_config(self, text=None, name=None, **overrides):
+        """Writes a config file and returns its path.
+
+        Without text: the base config (event_consumer: section) merged
+        with overrides (nested dicts merge; None removes a key). With
+        text: that YAML text as is.
+        """
+        import yaml
+        self._configs += 1
+        path = os.path.join(self.tmpdir, name or
+                            "stagerelay-%d.yaml" % self._configs)
+        if text is None:
+            doc = {"event_consumer": _merge(self.base_config(), overrides)}
+            text = yaml.safe_dump(doc, sort_keys=False,
+                                  default_flow_style=False)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    # -- the binary --
+    def _env(self, extra=None):
+        env = dict(os.environ)
+        # Nothing from the caller's environment may leak into the config.
+        for k in ("EVENT_CONSUMER_ENABLED", "STAGE1_EVENT_STREAM",
+                  "NLP_API_TOKEN"):
+            env.pop(k, None)
+        env.update(extra or {})
+        return env
+
+    def run(self, *args, env=None, timeout=RUN_TIMEOUT):
+        """Runs stagerelay to completion; returns a Result."""
+        args = list(args)
+        try:
+            p = subprocess.run([BIN] + args, env=self._env(env),
+                               stdin=subprocess.DEVNULL,
+                               capture_output=True, text=True,
+                               errors="replace", timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            out = e.stderr.decode("utf-8", "replace") \
+                if isinstance(e.stderr, bytes) else (e.stderr or "")
+            raise AssertionError("stagerelay %s did not exit within %.0f s"
+                                 "\n%s" % (" ".join(args), timeout, out))
+        return Result(args, p.returncode, p.stdout, p.stderr)
+
+    def drain(self, config=None, expect=EXIT_OK, env=None,
+              timeout=RUN_TIMEOUT, **overrides):
+        """stagerelay -c CONFIG --drain; asserts the exit status."""
+        if config is None:
+            config = self.write_config(**overrides)
+        r = self.run("-c", config, "--drain", env=env, timeout=timeout)
+        if expect is not None:
+            assert r.returncode == expect, \
+                "expected exit %s, got %s\n%s" % (expect, r.returncode, r)
+        return r
+
+    def start(self, config=None, env=None, **overrides):
+        """stagerelay -c CONFIG in the background; returns a Daemon."""
+        if config is None:
+            config = self.write_config(**overrides)
+        d = Daemon(["-c", config], self._env(env))
+        self.daemons.append(d)
+        d.wait_log("worker_started")
+        # Ready once its group exists: with process_backlog false, an event
+        # published before that is (rightly) never seen.
+        wait_until(lambda: GROUP in self.groups() or
+                   d.proc.poll() is not None, what="consumer group created")
+        return d
+
+    # -- what a user observes --
+    def requests(self, path=None):
+        reqs = self.mock.requests()
+        return [r for r in reqs if path is None or r["path"] == path]
+
+    def pending(self, stream=STREAM, group=GROUP):
+        """XPENDING summary count (0 when the stream or group is gone)."""
+        import redis
+        try:
+            return self.redis.xpending(stream, group)["pending"]
+        except redis.exceptions.ResponseError:
+            return 0
+
+    def groups(self, stream=STREAM):
+        import redis
+        try:
+            return {g["name"].decode(): g
+                    for g in self.redis.xinfo_groups(stream)}
+        except redis.exceptions.ResponseError:
+            return {}
+
+    def dead_letters(self, stream=DLQ):
+        """[(entry id, {field bytes: value bytes})] of the dead-letter
+        stream, oldest first."""
+        return [(i.decode(), f) for i, f in self.redis.xrange(stream)]
+
+    def query(self, sql, args=()):
+        import psycopg2.extras
+        if self._db is None or self._db.closed:
+            self._db = self.pg.connect(self.dbname)
+        with self._db.cursor(
+                cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            cur.execute(sql, args)
+            return [dict(r) for r in cur.fetchall()]
+
+    def table_exists(self, name):
+        return bool(self.query("SELECT to_regclass(%s) AS t",
+                               ("stagerelay." + name,))[0]["t"])
+
+    def rows(self, where="TRUE", args=()):
+        """stagerelay.processed_documents rows, by document_id."""
+        if not self.table_exists("processed_documents"):
+            return []
+        return self.query("SELECT * FROM stagerelay.processed_documents "
+                          "WHERE " + where + " ORDER BY document_id", args)
+
+    def row(self, document_id):
+        rows = self.rows("document_id = %s", (document_id,))
+        assert len(rows) == 1, "expected one ledger row for %r, got %r" % (
+            document_id, rows)
+        return rows[0]
+
+    def row_status(self, document_id):
+        """The ledger status of one key, or None (polling helper)."""
+        rows = self.rows("document_id = %s", (document_id,))
+        return rows[0]["status"] if rows else None
+
+    def deliveries(self):
+        if not self.table_exists("deliveries"):
+            return []
+        return self.query("SELECT * FROM stagerelay.deliveries "
+                          "ORDER BY requested_at, delivery_id")
+
+    def close(self):
+        for d in self.daemons:
+            d.kill()
+        if self._db is not None:
+            self._db.close()
+        self.redis.close()
+
+
+@pytest.fixture
+def env(redis_server, pg_server, mock_server, tmp_path):
+    """A clean world per test: empty Redis, fresh database, reset mock."""
+    redis_server.client().flushall()
+    mock_server.reset()
+    dbname = pg_server.create_database()
+    e = Env(redis_server, pg_server, mock_server, str(tmp_path), dbname)
+    try:
+        yield e
+    finally:
+        e.close()
+        pg_server.drop_database(dbname)
