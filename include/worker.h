@@ -17,6 +17,7 @@ struct worker_opts {
 	int			 slot;		/* 1-based; consumer <name>-<slot> */
 	bool			 drain;		/* exit once nothing is left to read */
 	volatile sig_atomic_t	*stop;		/* set by SIGTERM/SIGINT */
+	volatile sig_atomic_t	*reopen;	/* set by SIGUSR1: reopen the log */
 };
 
 /* Runs until *stop or, with drain, until drained. Returns an exit code. */

@@ -209,7 +209,7 @@ static const struct kdef section_keys[] = {
 	    .off2 = CFG(nconsume_events) },
 	K_BOOL("auto_process", CFG(auto_process)),
 	K_BOOL("batch_mode", CFG(batch_mode)),
-	K_INT("poll_interval_ms", CFG(poll_interval_ms), 0, 600000),
+	K_INT("poll_interval_ms", CFG(poll_interval_ms), 1, 600000),
 	K_INT("batch_size", CFG(batch_size), 1, 10000),
 	K_INT("concurrent_tasks", CFG(concurrent_tasks), 1, 256),
 	{ .name = "workers", .type = KT_INT, .off = CFG(concurrent_tasks),

@@ -88,6 +88,7 @@ static const struct migration {
 "CREATE INDEX processed_documents_job_idx ON @S@.processed_documents (job_id) WHERE job_id IS NOT NULL;\n"
 "CREATE INDEX processed_documents_remote_job_idx ON @S@.processed_documents (remote_job_id) WHERE remote_job_id IS NOT NULL;\n"
 "CREATE INDEX processed_documents_event_idx ON @S@.processed_documents (event_id);\n"
+"CREATE INDEX processed_documents_last_delivery_idx ON @S@.processed_documents (last_delivery_id) WHERE last_delivery_id IS NOT NULL;\n"
 "CREATE INDEX deliveries_requested_at_idx ON @S@.deliveries (requested_at);\n"
 "CREATE INDEX deliveries_key_idx ON @S@.deliveries (consumer_group, idempotency_key);\n"
 "CREATE INDEX deliveries_remote_job_idx ON @S@.deliveries (remote_job_id) WHERE remote_job_id IS NOT NULL;\n"
@@ -318,6 +319,21 @@ pg_error(const PGconn *conn, const PGresult *res)
 	return msg;
 }
 
+/* Server notices ("already exists, skipping") go to the debug log. */
+static void
+on_notice(void *arg, const char *message)
+{
+	char line[512];
+	size_t n;
+
+	(void)arg;
+	strlcpy_s(line, message, sizeof(line));
+	n = strlen(line);
+	while (n > 0 && line[n - 1] == '\n')
+		line[--n] = '\0';
+	log_debug("ledger: server: %s", line);
+}
+
 int
 ledger_connect(struct ledger *l)
 {
@@ -333,6 +349,7 @@ ledger_connect(struct ledger *l)
 		l->conn = NULL;
 		return -1;
 	}
+	PQsetNoticeProcessor(l->conn, on_notice, NULL);
 	log_debug("ledger: connected to %s:%s", PQhost(l->conn), PQport(l->conn));
 	return 0;
 }
@@ -402,8 +419,32 @@ ledger_migrate(struct ledger *l)
 	}
 	PQclear(res);
 
+	/*
+	 * CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when
+	 * the schema exists; a DBA may have created it for a less privileged
+	 * role, so only create it when it is missing.
+	 */
+	params[0] = l->schema;
+	res = PQexecParams(l->conn,
+	    "SELECT 1 FROM pg_namespace WHERE nspname = $1", 1, NULL, params,
+	    NULL, NULL, 0);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		log_warnx("ledger: migrate: %s", pg_error(l->conn, res));
+		PQclear(res);
+		goto rollback;
+	}
+	if (PQntuples(res) == 0) {
+		sql = with_schema("CREATE SCHEMA @S@", q);
+		if (exec_simple(l, sql, "migrate: create schema") == -1) {
+			free(sql);
+			PQclear(res);
+			goto rollback;
+		}
+		free(sql);
+	}
+	PQclear(res);
+
 	sql = with_schema(
-	    "CREATE SCHEMA IF NOT EXISTS @S@;\n"
 	    "CREATE TABLE IF NOT EXISTS @S@.schema_migrations (\n"
 	    "  version integer PRIMARY KEY,\n"
 	    "  description text NOT NULL,\n"

@@ -24,12 +24,20 @@
 #define EXIT_USAGE	64	/* EX_USAGE */
 
 static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t reopen_requested;
 
 static void
 on_stop(int sig)
 {
 	(void)sig;
 	stop_requested = 1;
+}
+
+static void
+on_reopen(int sig)
+{
+	(void)sig;
+	reopen_requested = 1;
 }
 
 static void __attribute__((noreturn))
@@ -153,6 +161,8 @@ cmd_run(const char *path, bool drain, bool verbose)
 	sa.sa_handler = on_stop;
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
+	sa.sa_handler = on_reopen;
+	sigaction(SIGUSR1, &sa, NULL);
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &sa, NULL);
 
@@ -171,6 +181,7 @@ cmd_run(const char *path, bool drain, bool verbose)
 	opts.slot = 1;
 	opts.drain = drain;
 	opts.stop = &stop_requested;
+	opts.reopen = &reopen_requested;
 	code = worker_run(&cfg, &opts);
 	config_free(&cfg);
 	return code;

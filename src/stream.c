@@ -168,10 +168,16 @@ stream_create_group(struct stream *s, bool from_start)
 	return ret;
 }
 
+/*
+ * The group is gone: NOGROUP, or (Redis 7) UNBLOCKED when the key was
+ * deleted or expired while we were blocked reading it.
+ */
 static int
 is_nogroup(const redisReply *r)
 {
-	return r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOGROUP", 7) == 0;
+	return r->type == REDIS_REPLY_ERROR &&
+	    (strncmp(r->str, "NOGROUP", 7) == 0 ||
+	    strncmp(r->str, "UNBLOCKED", 9) == 0);
 }
 
 /*

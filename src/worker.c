@@ -542,6 +542,11 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 	    "stream", cfg->source_stream, "group", cfg->consumer_group,
 	    (const char *)NULL);
 	while (!*opts->stop) {
+		if (opts->reopen != NULL && *opts->reopen) {
+			*opts->reopen = 0;
+			if (log_reopen() == -1)
+				log_warn("log: cannot reopen the log file");
+		}
 		if (w.trouble) {
 			back_off(&w);
 			w.trouble = false;

@@ -454,7 +454,10 @@ START_TEST(test_ranges)
 	expect_error("event_consumer:\n  batch_size: 0\n", "(1..10000)");
 	expect_error("event_consumer:\n  batch_size: 10001\n", "(1..10000)");
 	expect_error("event_consumer:\n  poll_interval_ms: 600001\n",
-	    "(0..600000)");
+	    "(1..600000)");
+	/* BLOCK 0 would mean "forever" to Redis. */
+	expect_error("event_consumer:\n  poll_interval_ms: 0\n",
+	    "(1..600000)");
 	expect_error("event_consumer:\n  concurrent_tasks: 257\n", "(1..256)");
 	expect_error("event_consumer:\n  workers: 0\n", "(1..256)");
 	expect_error("event_consumer:\n  deduplication_ttl_hours: -1\n",

@@ -1,0 +1,164 @@
+/*
+ * config.h: the event_consumer: section of a YAML file, validated.
+ *
+ * The file may be Stage 2's whole settings.yaml; only the event_consumer
+ * mapping is read. Every key of the integration proposal keeps its name and
+ * meaning; stagerelay's own keys sit beside them (nlp_api, routes, ledger,
+ * logging, metrics, supervisor, limits). See stagerelay.yaml(5).
+ */
+#ifndef STAGERELAY_CONFIG_H
+#define STAGERELAY_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include <cJSON.h>
+
+#define CONFIG_EXIT_ERROR	78	/* EX_CONFIG: never respawned */
+
+enum content_mode {
+	CONTENT_BODY = 0,	/* render route->body as JSON */
+	CONTENT_STRUCTURED,	/* forward the CloudEvent as application/cloudevents+json */
+	CONTENT_BINARY		/* forward data with ce-* headers */
+};
+
+struct header {
+	char	*name;
+	char	*value;		/* may hold a secret: never logged or printed */
+};
+
+struct route {
+	char		 *name;		/* "route[N]" unless given */
+	char		**types;	/* event types this route handles */
+	size_t		  ntypes;
+	char		 *method;	/* default POST */
+	char		 *path;		/* joined to nlp_api.base_url (or a full URL) */
+	char		 *idempotency_key;	/* template string, required */
+	cJSON		 *body;		/* template tree (NULL when content_mode != body) */
+	enum content_mode content_mode;
+	char		 *success_field;	/* optional JSON bool that must be true */
+	char		 *job_id_field;		/* optional: remote job id to store */
+	char		 *documents_file;	/* optional template (batch routes; later issue) */
+	int		  line;		/* where the route starts in the file */
+};
+
+/* A key set in the file whose behaviour arrives in a later release. */
+struct pending_key {
+	char	*key;		/* dotted path, e.g. "event_consumer.max_retries" */
+	char	*what;		/* which part of stagerelay will honour it */
+	int	 line;
+};
+
+struct config {
+	char		*path;		/* the file read */
+
+	/* The proposal's keys. */
+	bool		 enabled;		/* default true */
+	char		*source_stream;		/* default "stage1:cleaning:events" */
+	char		*redis_host;		/* default "127.0.0.1" */
+	int		 redis_port;		/* default 6379 */
+	int		 redis_db;		/* default 0 */
+	char		*redis_username;	/* optional (ACL user) */
+	char		*redis_password;	/* secret; or redis_password_file */
+	char		*consumer_group;	/* default "stage2-nlp-processor" */
+	char		*consumer_name;		/* default "${HOSTNAME}" expanded */
+	char		**consume_events;	/* empty = all types */
+	size_t		 nconsume_events;
+	bool		 auto_process;		/* default true; false = observe only */
+	bool		 batch_mode;		/* default false */
+	int		 poll_interval_ms;	/* XREADGROUP BLOCK; default 1000 */
+	int		 batch_size;		/* XREADGROUP COUNT; default 10 */
+	int		 concurrent_tasks;	/* workers; default 1 */
+	bool		 retry_failed;		/* default true */
+	int		 max_retries;		/* default 3 */
+	double		 retry_delay_seconds;	/* default 5 */
+	double		 max_retry_delay_seconds; /* default 300 */
+	char		*dead_letter_stream;	/* default "stage2:nlp:failed-events" */
+	long		 dead_letter_maxlen;	/* default 100000; 0 = no trim */
+	bool		 process_backlog;	/* default false */
+	int		 backlog_batch_size;	/* default 100 */
+	double		 backlog_max_age_hours;	/* default 24; 0 = no limit */
+	bool		 check_already_processed; /* default true */
+	double		 deduplication_ttl_hours; /* default 24; 0 = forever */
+
+	/* stagerelay's own keys. */
+	char		*event_field;		/* structured layout field, default "event" */
+	size_t		 max_event_bytes;	/* default 1 MiB */
+	char		*shared_dir;		/* default "/shared" */
+	int		 claim_interval_ms;	/* default 30000 */
+	int		 claim_idle_ms;		/* default 60000 */
+	int		 max_deliveries;	/* default 10 */
+	long		 lag_alert_threshold;	/* default 1000 */
+	int		 idle_alert_minutes;	/* default 5 */
+
+	struct {
+		char		*base_url;	/* default "http://127.0.0.1:8000" */
+		int		 timeout_ms;	/* default 30000 */
+		int		 connect_timeout_ms; /* default 5000 */
+		struct header	*headers;
+		size_t		 nheaders;
+		char		*ca_file;	/* optional */
+		bool		 verify_tls;	/* default true */
+	} nlp_api;
+
+	struct route	*routes;		/* defaults of DESIGN.md §4 if absent */
+	size_t		 nroutes;
+
+	struct {
+		char	*dsn;		/* default "" (libpq environment) */
+		char	*schema;	/* default "stagerelay" */
+		int	 lease_seconds;	/* default 300 */
+		char	*password_file;	/* optional */
+	} ledger;
+
+	struct {
+		char	*format;	/* "logfmt" (default) or "json" */
+		char	*level;		/* "info" (default) */
+		char	*file;		/* NULL = stderr */
+	} logging;
+
+	struct {
+		char	*listen;	/* default "127.0.0.1:9464"; "" disables */
+	} metrics;
+
+	struct {
+		int	 worker_timeout;	/* seconds, default 60 */
+		int	 shutdown_timeout;	/* seconds, default 30 */
+	} supervisor;
+
+	struct {
+		int	failure_threshold;	/* default 5 */
+		int	open_seconds;		/* default 30 */
+	} circuit_breaker;
+
+	struct pending_key *pending;	/* keys set but not in effect yet */
+	size_t		 npending;
+};
+
+/*
+ * Loads and validates path. On error returns -1 and writes
+ * "file:line:column: message (hint)" into err. On success *out owns
+ * everything; release with config_free(). Environment overrides
+ * EVENT_CONSUMER_ENABLED and STAGE1_EVENT_STREAM are applied.
+ */
+int	 config_load(const char *path, struct config *out, char *err,
+	    size_t errlen);
+/* Same, from a string (name is used in messages). */
+int	 config_load_string(const char *name, const char *yaml,
+	    struct config *out, char *err, size_t errlen);
+void	 config_free(struct config *);
+
+/* Prints the effective configuration as YAML, secrets redacted. */
+void	 config_print(FILE *, const struct config *);
+
+/* Logs one warning per key in cfg->pending ("accepted, not yet in effect"). */
+void	 config_warn_pending(const struct config *);
+
+/* Route for an event type, or NULL. */
+const struct route *config_route_for(const struct config *, const char *type);
+
+/* True if the consume_events filter lets this type through. */
+bool	 config_consumes(const struct config *, const char *type);
+
+#endif
