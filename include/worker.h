@@ -13,11 +13,22 @@
 /* Exit codes (sysexits.h where one fits). */
 #define EXIT_PENDING	75	/* EX_TEMPFAIL: --drain left entries pending */
 
+/* A slot's shared state, mapped by the master before fork. */
+struct worker_shm {
+	volatile long long	 heartbeat_ms;	/* CLOCK_MONOTONIC, set each round */
+	volatile int		 connected;	/* 1 once Redis and the ledger are up */
+};
+
+/* Exit code of a worker whose first connection failed: a crash. */
+#define EXIT_CONNECT	1
+
 struct worker_opts {
 	int			 slot;		/* 1-based; consumer <name>-<slot> */
 	bool			 drain;		/* exit once nothing is left to read */
 	volatile sig_atomic_t	*stop;		/* set by SIGTERM/SIGINT */
 	volatile sig_atomic_t	*reopen;	/* set by SIGUSR1: reopen the log */
+	struct worker_shm	*shm;		/* NULL when unsupervised */
+	int			 master_fd;	/* read end of the master's pipe, or -1 */
 };
 
 /* Runs until *stop or, with drain, until drained. Returns an exit code. */

@@ -46,8 +46,6 @@ static const struct {
 	const char	*key;
 	const char	*what;
 } pending_table[] = {
-	{ SECTION ".concurrent_tasks",		"the prefork supervisor" },
-	{ SECTION ".supervisor.*",		"the prefork supervisor" },
 	{ SECTION ".max_retries",		"the retry schedule" },
 	{ SECTION ".retry_delay_seconds",	"the retry schedule" },
 	{ SECTION ".max_retry_delay_seconds",	"the retry schedule" },
@@ -165,7 +163,7 @@ static const struct kdef metrics_keys[] = {
 };
 
 static const struct kdef supervisor_keys[] = {
-	K_INT("worker_timeout", CFG(supervisor.worker_timeout), 5, 3600),
+	K_INT("worker_timeout", CFG(supervisor.worker_timeout), 1, 3600),
 	K_INT("shutdown_timeout", CFG(supervisor.shutdown_timeout), 1, 3600),
 	K_END
 };

@@ -7,6 +7,12 @@
 #endif
 
 #include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -15,6 +21,7 @@
 #include <string.h>
 
 #include "stagerelay.h"
+#include "supervisor.h"
 
 #ifndef SYSCONFDIR
 #define SYSCONFDIR "/etc"
@@ -46,7 +53,9 @@ usage(int code)
 	FILE *f = code == 0 ? stdout : stderr;
 
 	fprintf(f,
-"usage: stagerelay [-v] [-c file] [--drain]      run the consumer\n"
+"usage: stagerelay [-dv] [-c file] [-w n] [-p pidfile] [-u user] [--allow-root]\n"
+"                                                run the daemon (master + workers)\n"
+"       stagerelay [-v] [-c file] --drain        one worker, until drained\n"
 "       stagerelay -t [-c file]                  check the config and print it\n"
 "       stagerelay check-config [-c file]        same as -t\n"
 "       stagerelay ledger migrate [-c file]      create or upgrade the ledger\n"
@@ -55,6 +64,11 @@ usage(int code)
 "  -c, --config FILE   configuration file (default %s)\n"
 "  -t, --test          validate the configuration, print it (secrets\n"
 "                      redacted) and exit: 0 valid, 78 invalid\n"
+"  -w, --workers N     number of workers (default: concurrent_tasks)\n"
+"  -d, --daemon        detach (SysV init); log to logging.file or nowhere\n"
+"  -p, --pidfile FILE  write the master's pid, locked; removed on exit\n"
+"  -u, --user USER     drop privileges to USER after reading the config\n"
+"      --allow-root    let workers run as root (refused otherwise)\n"
 "      --drain         exit once the own pending list and the stream are\n"
 "                      drained (75 if entries were left pending)\n"
 "  -v, --verbose       log at debug level\n"
@@ -130,29 +144,187 @@ cmd_ledger(const char *path, int argc, char **argv, bool verbose)
 	return code;
 }
 
+struct run_opts {
+	const char	*path;
+	bool		 drain;
+	bool		 verbose;
+	bool		 daemonize;
+	bool		 allow_root;
+	const char	*pidfile;
+	const char	*user;
+	int		 workers;
+	int		 argc;
+	char		**argv;
+};
+
+static int pidfile_fd = -1;
+static char *pidfile_path;
+static pid_t pidfile_owner;
+
+/* Created and locked before forking; removed only by the master. */
 static int
-cmd_run(const char *path, bool drain, bool verbose)
+pidfile_open(const char *path)
 {
-	struct config cfg;
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+
+	if (fd == -1) {
+		log_warn("pidfile: cannot open %s", path);
+		return -1;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) == -1) {
+		char buf[32] = "";
+
+		if (read(fd, buf, sizeof(buf) - 1) < 0)
+			buf[0] = '\0';
+		buf[strcspn(buf, "\n")] = '\0';
+		log_errorx("pidfile: %s is locked: stagerelay is already running"
+		    "%s%s", path, *buf ? " as pid " : "", buf);
+		close(fd);
+		return -1;
+	}
+	pidfile_fd = fd;
+	pidfile_path = xstrdup(path);
+	return 0;
+}
+
+static void
+pidfile_write(void)
+{
+	char buf[32];
+	int n;
+
+	if (pidfile_fd == -1)
+		return;
+	pidfile_owner = getpid();
+	n = snprintf(buf, sizeof(buf), "%d\n", (int)pidfile_owner);
+	if (ftruncate(pidfile_fd, 0) == -1 ||
+	    pwrite(pidfile_fd, buf, (size_t)n, 0) != n)
+		log_warn("pidfile: cannot write %s", pidfile_path);
+}
+
+static void
+pidfile_remove(void)
+{
+	if (pidfile_fd == -1 || getpid() != pidfile_owner)
+		return;
+	if (unlink(pidfile_path) == -1 && errno != ENOENT)
+		log_warn("pidfile: cannot remove %s", pidfile_path);
+	close(pidfile_fd);
+	pidfile_fd = -1;
+	free(pidfile_path);
+	pidfile_path = NULL;
+}
+
+/* Double fork and setsid, for SysV init scripts. */
+static void
+daemonize(void)
+{
+	pid_t pid;
+	int fd;
+
+	if ((pid = fork()) == -1)
+		fatal("daemon: fork");
+	if (pid > 0)
+		_exit(0);
+	if (setsid() == -1)
+		fatal("daemon: setsid");
+	if ((pid = fork()) == -1)
+		fatal("daemon: fork");
+	if (pid > 0)
+		_exit(0);
+	if (chdir("/") == -1)
+		fatal("daemon: chdir /");
+	umask(027);
+	if ((fd = open("/dev/null", O_RDWR)) != -1) {
+		dup2(fd, STDIN_FILENO);
+		dup2(fd, STDOUT_FILENO);
+		dup2(fd, STDERR_FILENO);
+		if (fd > STDERR_FILENO)
+			close(fd);
+	}
+}
+
+static int
+drop_privileges(const char *user)
+{
+	struct passwd *pw;
+
+	if ((pw = getpwnam(user)) == NULL) {
+		fprintf(stderr, "stagerelay: no such user \"%s\"\n", user);
+		return -1;
+	}
+	if (setgroups(1, &pw->pw_gid) == -1 || setgid(pw->pw_gid) == -1 ||
+	    setuid(pw->pw_uid) == -1) {
+		fprintf(stderr, "stagerelay: cannot become %s: %s\n", user,
+		    strerror(errno));
+		return -1;
+	}
+	if (setuid(0) != -1) {
+		fprintf(stderr, "stagerelay: could regain root after "
+		    "dropping to %s\n", user);
+		return -1;
+	}
+	return 0;
+}
+
+static int
+cmd_run(const struct run_opts *ro)
+{
+	struct config *cfg = xcalloc(1, sizeof(*cfg));
+	struct supervisor_opts so;
 	struct worker_opts opts;
 	struct sigaction sa;
-	struct ledger *l;
 	int code;
 
-	if (load(path, &cfg) == -1)
+	if (load(ro->path, cfg) == -1) {
+		free(cfg);
 		return CONFIG_EXIT_ERROR;
-	setup_logging(&cfg, verbose, "worker-1");
-	config_warn_pending(&cfg);
-	if (!cfg.enabled) {
+	}
+	if (ro->user != NULL && drop_privileges(ro->user) == -1) {
+		config_free(cfg);
+		free(cfg);
+		return EXIT_NOPERM;
+	}
+	if (geteuid() == 0 && !ro->allow_root) {
+		fprintf(stderr, "stagerelay: refusing to run workers as root; "
+		    "use -u USER, or --allow-root if you mean it\n");
+		config_free(cfg);
+		free(cfg);
+		return EXIT_NOPERM;
+	}
+	setup_logging(cfg, ro->verbose, ro->drain ? "worker-1" : "master");
+	config_warn_pending(cfg);
+	if (!cfg->enabled) {
 		log_event(LOG_WARN, "consumer_disabled",
 		    "detail", "event_consumer.enabled is false; nothing to do",
 		    (const char *)NULL);
-		config_free(&cfg);
+		config_free(cfg);
+		free(cfg);
 		return 0;
 	}
-	if (!cfg.auto_process)
+	if (!cfg->auto_process)
 		log_warnx("config: auto_process is false: events are recorded "
 		    "as observed and acknowledged, nothing is triggered");
+
+	if (!ro->drain) {
+		if (ro->pidfile != NULL && pidfile_open(ro->pidfile) == -1) {
+			config_free(cfg);
+			free(cfg);
+			return 1;
+		}
+		if (ro->daemonize)
+			daemonize();
+		pidfile_write();
+		memset(&so, 0, sizeof(so));
+		so.config_path = ro->path;
+		so.workers = ro->workers;
+		so.verbose = ro->verbose;
+		so.argc = ro->argc;
+		so.argv = ro->argv;
+		code = supervisor_run(cfg, &so);
+		pidfile_remove();
+		return code;
+	}
 
 	memset(&sa, 0, sizeof(sa));
 	sigemptyset(&sa.sa_mask);
@@ -166,24 +338,15 @@ cmd_run(const char *path, bool drain, bool verbose)
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &sa, NULL);
 
-	/* Migrations on start too, under the advisory lock. */
-	l = ledger_new(cfg.ledger.dsn, cfg.ledger.schema, cfg.consumer_group,
-	    "migrate", cfg.source_stream);
-	if (ledger_migrate(l) < 0) {
-		ledger_free(l);
-		config_free(&cfg);
-		log_errorx("ledger: migration failed; not starting");
-		return 1;
-	}
-	ledger_free(l);
-
 	memset(&opts, 0, sizeof(opts));
 	opts.slot = 1;
-	opts.drain = drain;
+	opts.drain = true;
 	opts.stop = &stop_requested;
 	opts.reopen = &reopen_requested;
-	code = worker_run(&cfg, &opts);
-	config_free(&cfg);
+	opts.master_fd = -1;
+	code = worker_run(cfg, &opts);
+	config_free(cfg);
+	free(cfg);
 	return code;
 }
 
@@ -194,19 +357,55 @@ main(int argc, char **argv)
 		{ "config",	required_argument,	NULL, 'c' },
 		{ "test",	no_argument,		NULL, 't' },
 		{ "drain",	no_argument,		NULL, 'D' },
+		{ "workers",	required_argument,	NULL, 'w' },
+		{ "daemon",	no_argument,		NULL, 'd' },
+		{ "pidfile",	required_argument,	NULL, 'p' },
+		{ "user",	required_argument,	NULL, 'u' },
+		{ "allow-root",	no_argument,		NULL, 'R' },
 		{ "verbose",	no_argument,		NULL, 'v' },
 		{ "version",	no_argument,		NULL, 'V' },
 		{ "help",	no_argument,		NULL, 'h' },
 		{ NULL,		0,			NULL, 0 }
 	};
+	struct run_opts ro;
 	const char *path = DEFAULT_CONFIG;
 	bool test = false, drain = false, verbose = false;
+	char *end;
+	long n;
 	int ch;
 
-	while ((ch = getopt_long(argc, argv, "c:tvVh", longopts, NULL)) != -1) {
+	memset(&ro, 0, sizeof(ro));
+	ro.argc = argc;
+	ro.argv = argv;
+	proctitle_init(argc, argv);
+	while ((ch = getopt_long(argc, argv, "c:tvVhw:dp:u:", longopts,
+	    NULL)) != -1) {
 		switch (ch) {
 		case 'c':
 			path = optarg;
+			break;
+		case 'w':
+			errno = 0;
+			n = strtol(optarg, &end, 10);
+			if (errno || *end != '\0' || n < 1 || n > 256) {
+				fprintf(stderr, "stagerelay: -w: expected a "
+				    "number of workers 1..256, got \"%s\"\n",
+				    optarg);
+				return EXIT_USAGE;
+			}
+			ro.workers = (int)n;
+			break;
+		case 'd':
+			ro.daemonize = true;
+			break;
+		case 'p':
+			ro.pidfile = optarg;
+			break;
+		case 'u':
+			ro.user = optarg;
+			break;
+		case 'R':
+			ro.allow_root = true;
 			break;
 		case 't':
 			test = true;
@@ -231,8 +430,14 @@ main(int argc, char **argv)
 
 	if (test)
 		return cmd_check(path);
+	/* Process titles overwrite argv: keep our own copies. */
+	ro.path = path = xstrdup(path);
+	ro.pidfile = xstrdup(ro.pidfile);
+	ro.user = xstrdup(ro.user);
+	ro.drain = drain;
+	ro.verbose = verbose;
 	if (argc == 0 || strcmp(argv[0], "run") == 0)
-		return cmd_run(path, drain, verbose);
+		return cmd_run(&ro);
 	if (strcmp(argv[0], "check-config") == 0)
 		return cmd_check(path);
 	if (strcmp(argv[0], "ledger") == 0)

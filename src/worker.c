@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -492,12 +493,19 @@ process(struct worker *w, const struct stream_batch *batch)
 static int
 connect_all(struct worker *w)
 {
+	static bool migrated;
 	int r;
 
 	if (!stream_connected(w->stream) && stream_connect(w->stream) == -1)
 		return -1;
 	if (!ledger_connected(w->ledger) && ledger_connect(w->ledger) == -1)
 		return -1;
+	/* Every worker migrates once; the advisory lock serialises them. */
+	if (!migrated) {
+		if (ledger_migrate(w->ledger) < 0)
+			return -1;
+		migrated = true;
+	}
 	/* The group is created once; NOGROUP later means it vanished. */
 	if ((r = stream_create_group(w->stream, w->cfg->process_backlog)) < 0)
 		return -1;
@@ -508,6 +516,20 @@ connect_all(struct worker *w)
 		    "start", w->cfg->process_backlog ? "0" : "$",
 		    (const char *)NULL);
 	return 0;
+}
+
+/* The master holds the pipe's write end: EOF means it died. */
+static bool
+master_gone(const struct worker_opts *opts)
+{
+	struct pollfd pfd;
+
+	if (opts->master_fd < 0)
+		return false;
+	pfd.fd = opts->master_fd;
+	pfd.events = POLLIN;
+	pfd.revents = 0;
+	return poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLHUP | POLLIN));
 }
 
 static void
@@ -522,7 +544,7 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 {
 	struct worker w;
 	struct stream_batch batch;
-	bool connected = false;
+	bool connected = false, ever_connected = false;
 	long left;
 	char pend[24];
 	int n, code = 0;
@@ -542,6 +564,12 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 	    "stream", cfg->source_stream, "group", cfg->consumer_group,
 	    (const char *)NULL);
 	while (!*opts->stop) {
+		if (opts->shm != NULL)
+			opts->shm->heartbeat_ms = now_mono_ms();
+		if (master_gone(opts)) {
+			log_warnx("worker: the master is gone; exiting");
+			break;
+		}
 		if (opts->reopen != NULL && *opts->reopen) {
 			*opts->reopen = 0;
 			if (log_reopen() == -1)
@@ -558,10 +586,22 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 		}
 		if (!connected) {
 			if (connect_all(&w) == -1) {
+				/*
+				 * Supervised, a worker that never connected
+				 * exits: the master's backoff and crash-loop
+				 * brake handle a server that is not there.
+				 */
+				if (opts->shm != NULL && !ever_connected) {
+					code = EXIT_CONNECT;
+					break;
+				}
 				trouble(&w);
 				continue;
 			}
 			connected = true;
+			ever_connected = true;
+			if (opts->shm != NULL)
+				opts->shm->connected = 1;
 		}
 		if (w.own_pending)
 			n = stream_read(w.stream, w.pel_cursor, cfg->batch_size,

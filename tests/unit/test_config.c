@@ -223,8 +223,6 @@ START_TEST(test_advanced_values_and_pending)
 		const char	*what;
 	} want[] = {
 		{ "event_consumer.batch_mode", 18, "batch routes" },
-		{ "event_consumer.concurrent_tasks", 22,
-		    "the prefork supervisor" },
 		{ "event_consumer.max_retries", 25, "the retry schedule" },
 		{ "event_consumer.retry_delay_seconds", 26,
 		    "the retry schedule" },
@@ -288,13 +286,14 @@ START_TEST(test_pending_nested_keys)
 	    "event_consumer.circuit_breaker.failure_threshold"));
 	ck_assert_ptr_nonnull(find_pending(&c,
 	    "event_consumer.circuit_breaker.open_seconds"));
-	ck_assert_ptr_nonnull(find_pending(&c,
+	/* The supervisor honours these: no warning. */
+	ck_assert_ptr_null(find_pending(&c,
 	    "event_consumer.supervisor.shutdown_timeout"));
 	ck_assert_ptr_nonnull(find_pending(&c, "event_consumer.metrics.listen"));
 	ck_assert_ptr_nonnull(find_pending(&c, "event_consumer.shared_dir"));
 	ck_assert_int_eq(find_pending(&c,
 	    "event_consumer.routes[0].documents_file")->line, 11);
-	ck_assert_uint_eq(c.npending, 6);
+	ck_assert_uint_eq(c.npending, 5);
 	config_free(&c);
 }
 END_TEST
@@ -489,9 +488,7 @@ START_TEST(test_workers_alias)
 	ck_assert_msg(load("event_consumer:\n  workers: 6\n", &c) == 0, "%s",
 	    err);
 	ck_assert_int_eq(c.concurrent_tasks, 6);
-	ck_assert_ptr_nonnull(find_pending(&c, "event_consumer.workers"));
-	ck_assert_str_eq(find_pending(&c, "event_consumer.workers")->what,
-	    "the prefork supervisor");
+	ck_assert_ptr_null(find_pending(&c, "event_consumer.workers"));
 	config_free(&c);
 
 	expect_error("event_consumer:\n  concurrent_tasks: 2\n  workers: 3\n",
