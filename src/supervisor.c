@@ -345,7 +345,8 @@ reap(void)
 			log_event(LOG_INFO, "worker_exited", "slot", slotbuf,
 			    "pid", pidbuf, "status", status, "reason", "reload",
 			    (const char *)NULL);
-			if (m.slots[slot].state != SLOT_EMPTY && slot <= m.workers)
+			/* A slot retired meanwhile (TTOU) is not restarted. */
+			if (slot <= m.workers)
 				spawn(slot);
 			else
 				s->state = SLOT_EMPTY;

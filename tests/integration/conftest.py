@@ -40,7 +40,24 @@ DOC_ROUTE_PATH = "/api/v2/nlp/process"
 BATCH_ROUTE_PATH = "/v2/process/batch"
 
 EXIT_OK, EXIT_PENDING, EXIT_CONFIG = 0, 75, 78
+EXIT_STARTUP, EXIT_USAGE, EXIT_CRASH_LOOP, EXIT_NOPERM = 1, 64, 70, 77
 RUN_TIMEOUT = 30.0          # seconds any single stagerelay run may take
+
+# Running the consumer as root without -u USER is refused (exit 77) unless
+# --allow-root is given. CI runs the tests as root; the launchers below add
+# the flag then (harmless with --drain). Commands that run no consumer
+# (-t, check-config, ledger, -V, -h) never get it.
+ALLOW_ROOT = ["--allow-root"] if os.geteuid() == 0 else []
+_NO_CONSUMER = {"-t", "--test", "check-config", "ledger", "-V",
+                "--version", "-h", "--help"}
+
+
+def consumer_argv(args, allow_root=True):
+    """[BIN] + args, with --allow-root first when root runs a consumer."""
+    args = list(args)
+    extra = ALLOW_ROOT if allow_root and not _NO_CONSUMER & set(args) \
+        else []
+    return [BIN] + extra + args
 
 
 # ---- prerequisites: fail loudly, never skip ----------------------------
@@ -121,6 +138,34 @@ def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
         time.sleep(interval)
 
 
+# ---- processes ---------------------------------------------------------
+
+def proc_stat(pid):
+    """(state, ppid) of a process from /proc/<pid>/stat, or None if gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    rest = data[data.rindex(")") + 2:].split()
+    return rest[0], int(rest[1])
+
+
+def pid_alive(pid):
+    """True while pid exists and is not a zombie."""
+    st = proc_stat(pid)
+    return st is not None and st[0] not in ("Z", "X")
+
+
+def is_stagerelay(pid):
+    """True if pid is running our binary (guards against pid reuse)."""
+    try:
+        return os.path.realpath("/proc/%d/exe" % pid) == \
+            os.path.realpath(BIN)
+    except OSError:
+        return False
+
+
 # ---- running the binary ------------------------------------------------
 
 class Result:
@@ -147,9 +192,10 @@ class Result:
 class Daemon:
     """stagerelay running in the background; stderr collected by a thread."""
 
-    def __init__(self, args, env):
+    def __init__(self, args, env, allow_root=True, cwd=None):
         self.args = args
-        self.proc = subprocess.Popen([BIN] + args, env=env,
+        self.proc = subprocess.Popen(consumer_argv(args, allow_root),
+                                     env=env, cwd=cwd,
                                      stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True,
@@ -209,6 +255,29 @@ class Daemon:
         return [r for r in recs if r.get("msg") == msg and
                 all(r.get(k) == str(v) for k, v in match.items())]
 
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def worker_pids(self):
+        """{slot: pid} of the workers the master logged as spawned and
+        not (yet) as exited (prefork mode; empty with --drain)."""
+        pids = {}
+        for r in self.logs:
+            if r.get("msg") == "worker_spawned" and r.get("proc") == "master":
+                pids[int(r["slot"])] = int(r["pid"])
+            elif r.get("msg") == "worker_exited" and \
+                    r.get("proc") == "master":
+                slot, pid = int(r["slot"]), int(r["pid"])
+                if pids.get(slot) == pid:
+                    del pids[slot]
+        return pids
+
+    def all_worker_pids(self):
+        """Every worker pid the master ever logged as spawned."""
+        return [int(r["pid"]) for r in self.logs
+                if r.get("msg") == "worker_spawned" and "pid" in r]
+
     def stop(self, sig=signal.SIGTERM, timeout=15.0):
         """Signals the daemon and returns its exit status."""
         if self.proc.poll() is None:
@@ -226,9 +295,16 @@ class Daemon:
         return self.proc.returncode
 
     def kill(self):
+        """SIGKILLs the master and any worker it left behind."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        for pid in self.all_worker_pids():
+            if pid_alive(pid) and is_stagerelay(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 def _merge(base, over):
@@ -315,11 +391,13 @@ class Env:
         env.update(extra or {})
         return env
 
-    def run(self, *args, env=None, timeout=RUN_TIMEOUT):
-        """Runs stagerelay to completion; returns a Result."""
+    def run(self, *args, env=None, timeout=RUN_TIMEOUT, allow_root=True):
+        """Runs stagerelay to completion; returns a Result. As root, a
+        consumer run gets --allow-root unless allow_root is false."""
         args = list(args)
         try:
-            p = subprocess.run([BIN] + args, env=self._env(env),
+            p = subprocess.run(consumer_argv(args, allow_root),
+                               env=self._env(env),
                                stdin=subprocess.DEVNULL,
                                capture_output=True, text=True,
                                errors="replace", timeout=timeout)
@@ -341,11 +419,16 @@ class Env:
                 "expected exit %s, got %s\n%s" % (expect, r.returncode, r)
         return r
 
-    def start(self, config=None, env=None, **overrides):
-        """stagerelay -c CONFIG in the background; returns a Daemon."""
+    def start(self, config=None, env=None, args=(), allow_root=True,
+              **overrides):
+        """stagerelay -c CONFIG [args...] in the background (the prefork
+        master unless args hold --drain); returns a Daemon once a worker
+        has started and the group exists."""
         if config is None:
             config = self.write_config(**overrides)
-        d = Daemon(["-c", config], self._env(env))
+        # cwd: a worker killed with SIGABRT may leave a core file.
+        d = Daemon(["-c", config] + list(args), self._env(env), allow_root,
+                   cwd=self.tmpdir)
         self.daemons.append(d)
         d.wait_log("worker_started")
         # Ready once its group exists: with process_backlog false, an event
