@@ -9,6 +9,7 @@
 
 #include "config.h"
 
+#define EXIT_KILLED	1	/* stop: shutdown_timeout passed, workers killed */
 #define EXIT_CRASH_LOOP	70	/* EX_SOFTWARE: workers kept dying */
 #define EXIT_NOPERM	77	/* EX_NOPERM: would run workers as root */
 

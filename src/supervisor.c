@@ -593,10 +593,12 @@ nap_ms(int ms)
 	nanosleep(&ts, NULL);	/* a signal cuts it short: good */
 }
 
+/* Returns 0 when every worker drained, 1 when some had to be killed. */
 static int
 shutdown_all(void)
 {
 	long long deadline;
+	int killed = 0;
 
 	sd_notify_send("STOPPING=1");
 	log_event(LOG_INFO, "master_stopping", "workers_alive",
@@ -619,11 +621,12 @@ shutdown_all(void)
 			    "killing %d worker(s)",
 			    m.cfg->supervisor.shutdown_timeout, alive());
 			signal_all(SIGKILL);
+			killed = 1;
 			deadline = now_mono_ms() + 60000;
 		}
 		nap_ms(50);
 	}
-	return 0;
+	return killed;
 }
 
 int
@@ -729,10 +732,11 @@ supervisor_run(struct config *cfg, const struct supervisor_opts *opts)
 			nap_ms(100);
 	}
 
-	shutdown_all();
+	if (shutdown_all() != 0 && code == 0)
+		code = EXIT_KILLED;
 	log_event(LOG_INFO, "master_stopped", "status", code == 0 ? "ok" :
-	    code == EXIT_CRASH_LOOP ? "crash_loop" : "config_error",
-	    (const char *)NULL);
+	    code == EXIT_CRASH_LOOP ? "crash_loop" : code == EXIT_KILLED ?
+	    "workers_killed" : "config_error", (const char *)NULL);
 	close(m.pipe_r);
 	close(m.pipe_w);
 	munmap(m.shm, sizeof(*m.shm) * (SLOTS_MAX + 1));
