@@ -430,18 +430,24 @@ main(int argc, char **argv)
 
 	if (test)
 		return cmd_check(path);
+	if (argc > 0 && strcmp(argv[0], "check-config") == 0)
+		return cmd_check(path);
+	if (argc > 0 && strcmp(argv[0], "ledger") == 0)
+		return cmd_ledger(path, argc - 1, argv + 1, verbose);
+	if (argc > 0 && strcmp(argv[0], "run") != 0) {
+		fprintf(stderr, "stagerelay: unknown command \"%s\"\n",
+		    argv[0]);
+		usage(EXIT_USAGE);
+	}
 	/* Process titles overwrite argv: keep our own copies. */
-	ro.path = path = xstrdup(path);
+	ro.path = xstrdup(path);
 	ro.pidfile = xstrdup(ro.pidfile);
 	ro.user = xstrdup(ro.user);
 	ro.drain = drain;
 	ro.verbose = verbose;
-	if (argc == 0 || strcmp(argv[0], "run") == 0)
-		return cmd_run(&ro);
-	if (strcmp(argv[0], "check-config") == 0)
-		return cmd_check(path);
-	if (strcmp(argv[0], "ledger") == 0)
-		return cmd_ledger(path, argc - 1, argv + 1, verbose);
-	fprintf(stderr, "stagerelay: unknown command \"%s\"\n", argv[0]);
-	usage(EXIT_USAGE);
+	ch = cmd_run(&ro);
+	free((char *)ro.path);
+	free((char *)ro.pidfile);
+	free((char *)ro.user);
+	return ch;
 }
