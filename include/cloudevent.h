@@ -12,6 +12,7 @@
 #ifndef STAGERELAY_CLOUDEVENT_H
 #define STAGERELAY_CLOUDEVENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <cJSON.h>
@@ -61,6 +62,12 @@ void	cloudevent_free(struct cloudevent *);
 
 /* "invalid_event", "too_large". */
 const char *cloudevent_error_reason(enum cloudevent_error);
+
+/* Whether data of this content type is JSON (NULL, application/json, +json). */
+bool	cloudevent_media_type_is_json(const char *content_type);
+
+/* The 6-bit value of a base64 character (RFC 4648), or -1. */
+int	cloudevent_b64_value(unsigned char);
 
 /* Parses RFC 3339 (seconds required, Z or ±hh:mm); -1 if invalid. */
 int	cloudevent_parse_time(const char *, long long *unix_ms);

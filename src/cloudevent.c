@@ -330,9 +330,8 @@ media_type_valid(const char *s)
 	}
 }
 
-/* Whether data in this content type is JSON (absent means JSON too). */
-static bool
-media_type_is_json(const char *ct)
+bool
+cloudevent_media_type_is_json(const char *ct)
 {
 	size_t n;
 
@@ -418,8 +417,8 @@ absolute_uri_valid(const char *s)
 	return uri_chars_valid(s) && n > 0 && s[n + 1] != '\0';
 }
 
-static int
-b64_value(unsigned char c)
+int
+cloudevent_b64_value(unsigned char c)
 {
 	if (c >= 'A' && c <= 'Z')
 		return c - 'A';
@@ -445,7 +444,8 @@ base64_valid(const char *s)
 	for (size_t i = 0; i < n; i++) {
 		if (s[i] == '=')
 			pad++;
-		else if (pad > 0 || b64_value((unsigned char)s[i]) == -1)
+		else if (pad > 0 ||
+		    cloudevent_b64_value((unsigned char)s[i]) == -1)
 			return false;
 	}
 	return pad == 0 || (pad <= 2 && n % 4 == 0);
@@ -767,7 +767,7 @@ add_data(struct decoder *d, cJSON *attrs, const char *ct, cJSON *ev)
 		add(ev, "data", cJSON_DetachItemViaPointer(attrs, data));
 		return CE_OK;
 	}
-	if (!media_type_is_json(ct)) {
+	if (!cloudevent_media_type_is_json(ct)) {
 		add(ev, "data", cJSON_CreateString(data->valuestring));
 		return CE_OK;
 	}

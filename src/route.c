@@ -74,36 +74,6 @@ is_full_url(const char *s)
 	    strncasecmp(s, "https://", 8) == 0;
 }
 
-/* Same test as the decoder's: absent, application/json or +json. */
-static bool
-media_type_is_json(const char *ct)
-{
-	size_t n;
-
-	if (ct == NULL)
-		return true;
-	n = strcspn(ct, "; \t");
-	if (n == strlen(CT_JSON) && strncasecmp(ct, CT_JSON, n) == 0)
-		return true;
-	return n >= 5 && strncasecmp(ct + n - 5, "+json", 5) == 0;
-}
-
-static int
-b64_value(unsigned char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == '/')
-		return 63;
-	return -1;
-}
-
 /* data_base64 was validated by the decoder; stops at padding. */
 static char *
 base64_decode(const char *s, size_t *len)
@@ -114,7 +84,7 @@ base64_decode(const char *s, size_t *len)
 	int bits = 0, v;
 
 	for (; *s != '\0' && *s != '='; s++) {
-		if ((v = b64_value((unsigned char)*s)) == -1)
+		if ((v = cloudevent_b64_value((unsigned char)*s)) == -1)
 			continue;
 		acc = (acc << 6) | (unsigned int)v;
 		if ((bits += 6) >= 8) {
@@ -263,7 +233,8 @@ render_binary(const struct cloudevent *ev, struct request *rq)
 	b64 = cJSON_GetObjectItemCaseSensitive(ev->json, "data_base64");
 
 	if (ev->data != NULL) {
-		if (!media_type_is_json(type) && cJSON_IsString(ev->data))
+		if (!cloudevent_media_type_is_json(type) &&
+		    cJSON_IsString(ev->data))
 			rq->body = xstrdup(ev->data->valuestring);
 		else
 			rq->body = print_json(ev->data);
