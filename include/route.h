@@ -18,7 +18,8 @@ struct request {
 	char	*body;			/* NUL-terminated */
 	size_t	 bodylen;
 	char	*content_type;
-	char	**headers;		/* extra "Name: value" lines (ce-* in binary mode) */
+	char	**headers;		/* extra "Name: value" lines: ce-id in body
+					   mode, every ce-* in binary mode */
 	size_t	 nheaders;
 	/* Ids the ledger stores for DBAs; NULL when the event has none. */
 	char	*document_id;		/* data.document_id */

@@ -305,6 +305,8 @@ route_render(const struct route *r, const struct config *cfg,
 	case CONTENT_BODY:
 		if (render_body(r, ev, out, err, errlen) == -1)
 			goto fail;
+		/* Lets the API trace the request back to the Stage 1 event. */
+		add_header(out, "id", ev->id);
 		break;
 	case CONTENT_STRUCTURED:
 		out->body = print_json(ev->json);

@@ -355,15 +355,28 @@ stream_dead_letter(struct stream *s, const struct stream_entry *e,
 long
 stream_pending_count(struct stream *s)
 {
-	const char *argv[7] = { "XPENDING", s->cfg->source_stream,
-	    s->cfg->consumer_group, "-", "+", "1000000", s->consumer };
-	redisReply *r;
+	/* The summary form: [count, min, max, [[consumer, n], ...]]. */
+	const char *argv[3] = { "XPENDING", s->cfg->source_stream,
+	    s->cfg->consumer_group };
+	redisReply *r, *per;
 	long n = -1;
 
-	if ((r = command(s, 7, argv, NULL)) == NULL)
+	if ((r = command(s, 3, argv, NULL)) == NULL)
 		return -1;
-	if (r->type == REDIS_REPLY_ARRAY)
-		n = (long)r->elements;
+	if (r->type == REDIS_REPLY_ARRAY && r->elements == 4) {
+		n = 0;
+		per = r->element[3];
+		for (size_t i = 0; per->type == REDIS_REPLY_ARRAY &&
+		    i < per->elements; i++) {
+			redisReply *c = per->element[i];
+
+			if (c->type == REDIS_REPLY_ARRAY && c->elements == 2 &&
+			    c->element[0]->type == REDIS_REPLY_STRING &&
+			    strcmp(c->element[0]->str, s->consumer) == 0 &&
+			    c->element[1]->type == REDIS_REPLY_STRING)
+				n = strtol(c->element[1]->str, NULL, 10);
+		}
+	}
 	freeReplyObject(r);
 	return n;
 }

@@ -160,13 +160,6 @@ prepare(struct worker *w, struct item *it)
 		return;
 	}
 	it->rendered = true;
-	if (route->content_mode == CONTENT_BODY) {
-		/* Lets the API trace the request back to the Stage 1 event. */
-		it->req.headers = xreallocarray(it->req.headers,
-		    it->req.nheaders + 1, sizeof(*it->req.headers));
-		it->req.headers[it->req.nheaders++] = xasprintf("ce-id: %s",
-		    it->ev.id);
-	}
 
 	it->doc.document_id = it->req.idempotency_key;
 	it->doc.event_id = it->ev.id;

@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include <check.h>
+
+#include "unit.h"
 #include <cJSON.h>
 
 #include "cloudevent.h"
@@ -745,11 +747,5 @@ cloudevent_suite(void)
 int
 main(void)
 {
-	SRunner *sr = srunner_create(cloudevent_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return unit_run(cloudevent_suite());
 }

@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include <check.h>
+
+#include "unit.h"
 #include <cJSON.h>
 
 #include "cloudevent.h"
@@ -401,7 +403,9 @@ START_TEST(test_route_document_default)
 	    "\"text\":\"It was a dark night.\"}");
 	ck_assert_uint_eq(rq.bodylen, strlen(rq.body));
 	ck_assert_str_eq(rq.content_type, "application/json");
-	ck_assert_uint_eq(rq.nheaders, 0);
+	/* Body mode carries the event id, for tracing. */
+	ck_assert_uint_eq(rq.nheaders, 1);
+	ck_assert_str_eq(header(&rq, "ce-id"), "ev-42");
 	ck_assert_str_eq(rq.document_id, "doc-7");
 	ck_assert_ptr_null(rq.job_id);
 	ck_assert_ptr_null(rq.batch_id);
@@ -718,11 +722,5 @@ template_suite(void)
 int
 main(void)
 {
-	SRunner *sr = srunner_create(template_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return unit_run(template_suite());
 }

@@ -4,6 +4,8 @@
 
 #include <check.h>
 
+#include "unit.h"
+
 #include "trigger.h"
 
 static struct trigger_result
@@ -135,8 +137,6 @@ main(void)
 {
 	Suite *s = suite_create("trigger");
 	TCase *tc = tcase_create("classify");
-	SRunner *sr;
-	int failed;
 
 	tcase_add_test(tc, test_2xx_is_success);
 	tcase_add_test(tc, test_409_is_already_processed);
@@ -147,9 +147,5 @@ main(void)
 	tcase_add_test(tc, test_missing_success_field_or_no_json_is_success);
 	tcase_add_test(tc, test_success_field_ignored_when_not_configured);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return unit_run(s);
 }
