@@ -28,8 +28,30 @@ Control endpoints (never recorded):
           body         answer this raw text instead of the JSON document
           path         only requests whose path starts with this are
                        affected (and counted); others get the default
-    POST /_mock/reset      clear recordings, counters and behaviour
-    GET  /_mock/requests   JSON list of recorded requests, oldest first
+          match        a string or a list of strings: only requests whose
+                       Idempotency-Key header equals one of them are
+                       affected (and counted); others get the default
+    POST /_mock/rules  {"rules": [behaviour, ...]}
+        Per-request rules checked before the behaviour, first match wins
+        (each rule is a behaviour spec, usually with "match"; a rule with
+        a count stops matching once used up). Lets a test refuse a few
+        documents or stall one while the behaviour changes for the rest.
+        An empty list removes them.
+    POST /_mock/refuse {"seconds": S}
+        Connection refused for S seconds: the listening socket is closed
+        and every open connection shut down (in-flight requests are never
+        answered), then it listens again on the same address. The answer
+        comes before the refusal starts.
+    POST /_mock/reset      clear recordings, counters, behaviour and rules
+    GET  /_mock/requests[?since=N]
+                           JSON list of recorded requests, oldest first
+                           (from the (N+1)th on)
+
+Each recorded request carries "response" (what it was answered, decided
+on arrival) and, once done, "answered_at" (epoch seconds) and
+"delivered" (false when writing the answer failed because the client
+had gone, e.g. after its timeout; best effort: a write into a connection
+the client just closed may still succeed).
 
 Standalone:   mock_nlp.py --port P [--host 127.0.0.1]   (prints its URL)
 Imported:     srv = MockNLPServer(port=0); srv.start(); srv.url; srv.stop()
@@ -46,7 +68,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 CONTROL_PREFIX = "/_mock/"
 BEHAVIOUR_KEYS = {"status", "success", "delay_ms", "count", "retry_after",
-                  "body", "path"}
+                  "body", "path", "match"}
 
 
 class BadRequest(Exception):
@@ -65,9 +87,12 @@ class MockState:
             self.requests = []
             self.behaviour = None
             self.remaining = None
+            self.rules = []
             self.jobs = 0
 
-    def set_behaviour(self, spec):
+    @staticmethod
+    def _check(spec):
+        """Validates a behaviour spec; returns a normalised copy."""
         if not isinstance(spec, dict):
             raise BadRequest("behaviour must be a JSON object")
         unknown = set(spec) - BEHAVIOUR_KEYS
@@ -86,27 +111,67 @@ class MockState:
                 raise BadRequest("%s must be a non-negative number" % key)
         if "body" in spec and not isinstance(spec["body"], str):
             raise BadRequest("body must be a string")
+        spec = dict(spec)
+        if "match" in spec:
+            m = spec["match"]
+            if isinstance(m, str):
+                m = [m]
+            if not isinstance(m, list) or \
+                    not all(isinstance(x, str) for x in m):
+                raise BadRequest("match must be a string or a list of "
+                                 "strings")
+            spec["match"] = set(m)
+        return spec
+
+    def set_behaviour(self, spec):
+        spec = self._check(spec)
         with self.lock:
-            self.behaviour = dict(spec)
-            self.remaining = count
+            self.behaviour = spec
+            self.remaining = spec.get("count")
+
+    def set_rules(self, rules):
+        if not isinstance(rules, list):
+            raise BadRequest("rules must be a list of behaviour objects")
+        checked = [self._check(r) for r in rules]
+        with self.lock:
+            self.rules = [[r, r.get("count")] for r in checked]
+
+    @staticmethod
+    def _applies(spec, record):
+        if not record["path"].startswith(spec.get("path", "")):
+            return False
+        if "match" in spec and \
+                record["headers"].get("idempotency-key") not in spec["match"]:
+            return False
+        return True
+
+    def _pick(self, record):
+        """The spec answering record (lock held), counting it down."""
+        for rule in self.rules:
+            spec, left = rule
+            if not self._applies(spec, record) or left == 0:
+                continue
+            if left is not None:
+                rule[1] = left - 1
+            return spec
+        b = self.behaviour
+        if b is not None and not self._applies(b, record):
+            b = None
+        if b is not None and self.remaining is not None:
+            if self.remaining <= 0:
+                b = None
+            else:
+                self.remaining -= 1
+                if self.remaining == 0:
+                    self.behaviour, self.remaining = None, None
+        return b
 
     def begin(self, record):
         """Records a request and decides its answer (one atomic step)."""
         with self.lock:
             record["n"] = len(self.requests) + 1
             self.requests.append(record)
-            b = self.behaviour
-            if b is not None and not record["path"].startswith(
-                    b.get("path", "")):
-                b = None
-            if b is not None and self.remaining is not None:
-                if self.remaining <= 0:
-                    b = None
-                else:
-                    self.remaining -= 1
-                    if self.remaining == 0:
-                        self.behaviour, self.remaining = None, None
-            b = b or {}
+            b = self._pick(record) or {}
             status = b.get("status", 202)
             success = b.get("success", status < 400)
             job_id = None
@@ -129,9 +194,16 @@ class MockState:
                     "delay_ms": b.get("delay_ms", 0),
                     "retry_after": b.get("retry_after")}
 
-    def snapshot(self):
+    def done(self, record, delivered):
+        """Notes that record was answered (or that its client had gone)."""
         with self.lock:
-            return json.loads(json.dumps(self.requests))
+            record["answered_at"] = time.time()
+            record["delivered"] = delivered
+
+    def snapshot(self, since=0):
+        """Copies of the recorded requests (from index `since` on)."""
+        with self.lock:
+            return json.loads(json.dumps(self.requests[since:]))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -187,7 +259,12 @@ class Handler(BaseHTTPRequestHandler):
         state = self.server.state
         path = self.path.split("?", 1)[0]
         if path == "/_mock/requests" and self.command == "GET":
-            return self._send_json(200, state.snapshot())
+            query = self.path.split("?", 1)[1] if "?" in self.path else ""
+            since = 0
+            for part in query.split("&"):
+                if part.startswith("since=") and part[6:].isdigit():
+                    since = int(part[6:])
+            return self._send_json(200, state.snapshot(since))
         if path == "/_mock/reset" and self.command == "POST":
             state.reset()
             return self._send_json(200, {"ok": True})
@@ -198,6 +275,29 @@ class Handler(BaseHTTPRequestHandler):
             except (ValueError, BadRequest) as e:
                 return self._send_json(400, {"ok": False, "error": str(e)})
             return self._send_json(200, {"ok": True})
+        if path == "/_mock/rules" and self.command == "POST":
+            try:
+                doc = json.loads(body.decode("utf-8") or "{}")
+                if not isinstance(doc, dict):
+                    raise BadRequest("expected {\"rules\": [...]}")
+                state.set_rules(doc.get("rules", []))
+            except (ValueError, BadRequest) as e:
+                return self._send_json(400, {"ok": False, "error": str(e)})
+            return self._send_json(200, {"ok": True})
+        if path == "/_mock/refuse" and self.command == "POST":
+            try:
+                doc = json.loads(body.decode("utf-8") or "{}")
+                seconds = doc.get("seconds") if isinstance(doc, dict) \
+                    else None
+                if not isinstance(seconds, (int, float)) or \
+                        not 0 < seconds <= 3600:
+                    raise BadRequest("seconds must be a number in (0, 3600]")
+            except (ValueError, BadRequest) as e:
+                return self._send_json(400, {"ok": False, "error": str(e)})
+            self.close_connection = True
+            self._send_json(200, {"ok": True})
+            self.server.refuse_for(seconds)
+            return None
         if path == "/_mock/health":
             return self._send_json(200, {"ok": True})
         return self._send_json(404, {"ok": False,
@@ -236,9 +336,13 @@ class Handler(BaseHTTPRequestHandler):
         try:
             self._send(answer["status"], answer["body"],
                        answer["content_type"], extra)
+            self.wfile.flush()
+            delivered = True
         except OSError:
             # The client gave up (timeout): nothing left to answer.
             self.close_connection = True
+            delivered = False
+        self.server.state.done(record, delivered)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
 
@@ -252,11 +356,80 @@ class MockNLPServer(ThreadingHTTPServer):
     # connections at once (libcurl multi): a 1 s retransmit each.
     request_queue_size = 128
 
-    def __init__(self, host="127.0.0.1", port=0, verbose=False):
+    def __init__(self, host="127.0.0.1", port=0, verbose=False, state=None):
         super().__init__((host, port), Handler)
-        self.state = MockState()
+        # Several servers (addresses) may share one state.
+        self.state = state if state is not None else MockState()
         self.verbose = verbose
         self._thread = None
+        self._conns = set()
+        self._conns_lock = threading.Lock()
+        self._listen_lock = threading.Lock()
+        self.refusing = False
+
+    # -- open connections, so that a refusal can cut them --
+    def process_request(self, request, client_address):
+        with self._conns_lock:
+            self._conns.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        with self._conns_lock:
+            self._conns.discard(request)
+        super().shutdown_request(request)
+
+    def refuse_connections(self):
+        """Stops listening (connect() now fails with ECONNREFUSED) and
+        shuts down every open connection. Not from the serving thread."""
+        with self._listen_lock:
+            if self.refusing:
+                return
+            self.refusing = True
+            if self._thread is not None:
+                self.shutdown()
+                self._thread.join(10)
+                self._thread = None
+            self.socket.close()
+            with self._conns_lock:
+                conns = list(self._conns)
+            for c in conns:
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def accept_connections(self):
+        """Listens again on the same address after refuse_connections()."""
+        import socketserver
+        with self._listen_lock:
+            if not self.refusing:
+                return
+            self.socket = socket.socket(self.address_family,
+                                        self.socket_type)
+            # TCPServer's bind (SO_REUSEADDR): HTTPServer's would look
+            # the host name up again.
+            socketserver.TCPServer.server_bind(self)
+            self.server_activate()
+            self.refusing = False
+            self._start_thread()
+
+    def refuse_for(self, seconds):
+        """Refuses connections from now on; a helper thread listens again
+        after `seconds`. Not from the serving thread."""
+        self.refuse_connections()
+
+        def later():
+            time.sleep(seconds)
+            self.accept_connections()
+        threading.Thread(target=later, name="mock-nlp-refuse",
+                         daemon=True).start()
+
+    def handle_error(self, request, client_address):
+        # A connection cut by a refusal, or a client that hung up, is not
+        # worth a traceback.
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
 
     @property
     def port(self):
@@ -266,28 +439,38 @@ class MockNLPServer(ThreadingHTTPServer):
     def url(self):
         return "http://%s:%d" % (self.server_address[0], self.port)
 
-    def start(self):
+    def _start_thread(self):
+        # A short poll interval: shutdown() (a refusal) takes effect fast.
         self._thread = threading.Thread(target=self.serve_forever,
+                                        kwargs={"poll_interval": 0.05},
                                         name="mock-nlp", daemon=True)
         self._thread.start()
+
+    def start(self):
+        self._start_thread()
         return self
 
     def stop(self):
-        if self._thread is not None:
-            self.shutdown()
-            self._thread.join(10)
-            self._thread = None
-        self.server_close()
+        with self._listen_lock:
+            if self._thread is not None:
+                self.shutdown()
+                self._thread.join(10)
+                self._thread = None
+            self.server_close()
+            self.refusing = False
 
     # Direct access for in-process users (same semantics as /_mock/).
-    def requests(self):
-        return self.state.snapshot()
+    def requests(self, since=0):
+        return self.state.snapshot(since)
 
     def reset(self):
         self.state.reset()
 
     def set_behaviour(self, **spec):
         self.state.set_behaviour(spec)
+
+    def set_rules(self, rules):
+        self.state.set_rules(rules)
 
 
 def main(argv=None):
@@ -301,12 +484,16 @@ def main(argv=None):
     srv = MockNLPServer(args.host, args.port, verbose=args.verbose)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(srv.url, flush=True)
+    # Served from a thread, so that /_mock/refuse can stop and restart
+    # the serving loop.
+    srv.start()
     try:
-        srv.serve_forever()
+        while True:
+            time.sleep(3600)
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
-        srv.server_close()
+        srv.stop()
     return 0
 
 

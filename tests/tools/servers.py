@@ -153,12 +153,28 @@ class _Server:
 # ---- Redis -------------------------------------------------------------
 
 class RedisServer(_Server):
-    """redis-server on 127.0.0.1:<port>, no persistence, in a temp dir."""
+    """redis-server on 127.0.0.1:<port> in a temp dir; no persistence
+    unless asked for.
 
-    def __init__(self, binary=None):
+    persistence: None (nothing is written to disk: a restart loses every
+    key), "aof" (appendonly yes, fsync every second and at shutdown) or
+    "rdb" (a snapshot written at shutdown and loaded at start).
+    bind: more addresses to listen on besides 127.0.0.1 (they must exist;
+    protected mode is then off).
+
+    Fault injection: stop_process() / start_process() / restart() keep the
+    port and the directory, so clients reconnect to the same address;
+    restart(keep_data=False) deletes the data files in between.
+    """
+
+    def __init__(self, binary=None, persistence=None, bind=()):
+        if persistence not in (None, "aof", "rdb"):
+            raise ValueError("persistence must be None, 'aof' or 'rdb'")
         self.binary = _find(binary or os.environ.get("REDIS_SERVER")
                             or "redis-server", ["/usr/bin/redis-server"])
         self.host = LOOPBACK
+        self.bind = list(bind)
+        self.persistence = persistence
         self.port = None
         self.dir = None
         self.proc = None
@@ -167,6 +183,31 @@ class RedisServer(_Server):
     @property
     def url(self):
         return "redis://%s:%d" % (self.host, self.port)
+
+    def _argv(self):
+        argv = [self.binary, "--port", str(self.port), "--bind", self.host] \
+            + self.bind + ["--dir", self.dir]
+        if self.persistence == "aof":
+            argv += ["--save", "", "--appendonly", "yes",
+                     "--appendfsync", "everysec"]
+        elif self.persistence == "rdb":
+            # A save point makes redis write the snapshot at shutdown.
+            argv += ["--save", "3600 1", "--appendonly", "no",
+                     "--dbfilename", "dump.rdb"]
+        else:
+            argv += ["--save", "", "--appendonly", "no"]
+        if self.bind:
+            argv += ["--protected-mode", "no"]
+        return argv + ["--daemonize", "no", "--logfile", self.logfile]
+
+    def _launch(self, timeout=15.0):
+        self.proc = subprocess.Popen(_wrap(self._argv()),
+                                     stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, proc=self.proc, what="redis-server",
+                      timeout=timeout)
+        self._wait_ready()
 
     def start(self, attempts=3):
         if self.binary is None:
@@ -177,16 +218,8 @@ class RedisServer(_Server):
         last = None
         for _ in range(attempts):
             self.port = free_port()
-            argv = [self.binary, "--port", str(self.port), "--bind",
-                    self.host, "--dir", self.dir, "--save", "",
-                    "--appendonly", "no", "--daemonize", "no",
-                    "--logfile", self.logfile]
-            self.proc = subprocess.Popen(_wrap(argv), stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL)
             try:
-                wait_for_port(self.port, proc=self.proc, what="redis-server")
-                self._wait_ready()
+                self._launch()
                 return self
             except ServerError as e:
                 last = e
@@ -211,6 +244,50 @@ class RedisServer(_Server):
         return redis.Redis(host=self.host, port=self.port, db=db,
                            decode_responses=decode_responses,
                            socket_timeout=30)
+
+    # -- fault injection --
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop_process(self, sig=signal.SIGTERM):
+        """Stops redis-server, keeping its directory and port. SIGTERM is
+        a clean shutdown (the AOF is flushed, the RDB snapshot written);
+        SIGKILL a crash."""
+        _stop_process(self.proc, sig)
+        self.proc = None
+
+    def wipe_data(self):
+        """Deletes the data files (only while stopped)."""
+        if self.running:
+            raise ServerError("wipe_data() while redis-server runs")
+        for name in ("dump.rdb", "appendonly.aof"):
+            try:
+                os.unlink(os.path.join(self.dir, name))
+            except FileNotFoundError:
+                pass
+        _rmtree(os.path.join(self.dir, "appendonlydir"))
+
+    def start_process(self, timeout=15.0):
+        """Starts redis-server again on the same port and directory."""
+        if self.running:
+            return self
+        try:
+            self._launch(timeout)
+        except ServerError as e:
+            raise ServerError("%s\n%s" % (e, _tail(self.logfile)))
+        return self
+
+    def restart(self, keep_data=True, down_seconds=0.0, sig=signal.SIGTERM):
+        """Stops and starts redis-server on the same port. keep_data
+        False deletes the data files in between (a restart "without
+        persistence" even when persistence is on)."""
+        self.stop_process(sig)
+        if not keep_data:
+            self.wipe_data()
+        if down_seconds:
+            time.sleep(down_seconds)
+        return self.start_process()
 
     def stop(self):
         _stop_process(self.proc)
@@ -255,11 +332,20 @@ class PostgresServer(_Server):
 
     initdb --auth=trust -U postgres; the unix socket lives in the cluster's
     temp dir; fsync is off (nothing here needs to survive a crash).
+
+    listen: more addresses to listen on besides 127.0.0.1; hba: more
+    pg_hba.conf lines (e.g. "host all all 10.231.0.0/16 trust").
+
+    Fault injection: stop_process() / start_process() / restart() keep the
+    data directory and the port; terminate_backends() ends client
+    sessions the way pg_terminate_backend() does.
     """
 
-    def __init__(self, bindir=None):
+    def __init__(self, bindir=None, listen=(), hba=()):
         self.bindir = bindir or _pg_bindir()
         self.host = LOOPBACK
+        self.listen = list(listen)
+        self.hba = list(hba)
         self.port = None
         self.dir = None
         self.proc = None
@@ -271,9 +357,9 @@ class PostgresServer(_Server):
     def dsn(self):
         return self.dsn_for("postgres")
 
-    def dsn_for(self, dbname):
+    def dsn_for(self, dbname, host=None):
         return ("host=%s port=%d dbname=%s user=postgres"
-                % (self.host, self.port, dbname))
+                % (host or self.host, self.port, dbname))
 
     def _binary(self, name):
         path = os.path.join(self.bindir or "", name)
@@ -283,19 +369,24 @@ class PostgresServer(_Server):
                               % name)
         return path
 
+    @property
+    def data(self):
+        return os.path.join(self.dir, "data")
+
     def start(self, attempts=3):
-        initdb, postgres = self._binary("initdb"), self._binary("postgres")
+        initdb = self._binary("initdb")
+        self._binary("postgres")
         self.user = _server_user()
         self.dir = tempfile.mkdtemp(prefix="stagerelay-pg-", dir="/tmp")
         os.chmod(self.dir, 0o755)
         if self.user is not None:
             os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
-        data = os.path.join(self.dir, "data")
         self.logfile = os.path.join(self.dir, "postgres.log")
         try:
             r = subprocess.run(
-                _wrap([initdb, "-D", data, "-U", "postgres", "--auth=trust",
-                       "-E", "UTF8", "--locale=C", "--no-sync"], self.user),
+                _wrap([initdb, "-D", self.data, "-U", "postgres",
+                       "--auth=trust", "-E", "UTF8", "--locale=C",
+                       "--no-sync"], self.user),
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, cwd=self.dir, timeout=120)
         except subprocess.TimeoutExpired:
@@ -306,22 +397,15 @@ class PostgresServer(_Server):
             self.stop()
             raise ServerError("initdb failed (status %d):\n%s"
                               % (r.returncode, out))
+        if self.hba:
+            # Appended as the cluster's owner wrote the file; root may.
+            with open(os.path.join(self.data, "pg_hba.conf"), "a") as f:
+                f.write("".join(line + "\n" for line in self.hba))
         last = None
         for _ in range(attempts):
             self.port = free_port()
-            argv = [postgres, "-D", data, "-p", str(self.port),
-                    "-h", self.host, "-k", self.dir,
-                    "-c", "fsync=off", "-c", "synchronous_commit=off",
-                    "-c", "full_page_writes=off", "-c", "max_connections=200",
-                    "-c", "log_min_messages=warning"]
-            with open(self.logfile, "ab") as log:
-                self.proc = subprocess.Popen(
-                    _wrap(argv, self.user, pdeathsig="QUIT"),
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                    cwd=self.dir)
             try:
-                wait_for_port(self.port, proc=self.proc, what="postgres")
-                self._wait_ready()
+                self._launch()
                 return self
             except ServerError as e:
                 last = e
@@ -329,6 +413,21 @@ class PostgresServer(_Server):
         log = _tail(self.logfile)
         self.stop()
         raise ServerError("%s\n%s" % (last, log))
+
+    def _launch(self):
+        argv = [self._binary("postgres"), "-D", self.data,
+                "-p", str(self.port),
+                "-h", ",".join([self.host] + self.listen), "-k", self.dir,
+                "-c", "fsync=off", "-c", "synchronous_commit=off",
+                "-c", "full_page_writes=off", "-c", "max_connections=200",
+                "-c", "log_min_messages=warning"]
+        with open(self.logfile, "ab") as log:
+            self.proc = subprocess.Popen(
+                _wrap(argv, self.user, pdeathsig="QUIT"),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                cwd=self.dir)
+        wait_for_port(self.port, proc=self.proc, what="postgres")
+        self._wait_ready()
 
     def _wait_ready(self, timeout=30.0):
         import psycopg2
@@ -374,6 +473,59 @@ class PostgresServer(_Server):
         finally:
             conn.close()
 
+    # -- fault injection --
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop_process(self, sig=signal.SIGINT, timeout=15.0):
+        """Stops the postmaster, keeping the cluster and its port.
+        SIGINT: fast shutdown (sessions terminated, clean checkpoint);
+        SIGQUIT: immediate shutdown (crash recovery at the next start)."""
+        _stop_process(self.proc, sig, timeout=timeout)
+        self.proc = None
+
+    def start_process(self, timeout=30.0):
+        """Starts the same cluster again on the same port."""
+        if self.running:
+            return self
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._launch()
+                return self
+            except ServerError as e:
+                # The old postmaster's socket may linger for a moment.
+                _stop_process(self.proc, signal.SIGINT)
+                if time.monotonic() > deadline:
+                    raise ServerError("%s\n%s" % (e, _tail(self.logfile)))
+                time.sleep(0.2)
+
+    def restart(self, down_seconds=0.0, sig=signal.SIGINT):
+        self.stop_process(sig)
+        if down_seconds:
+            time.sleep(down_seconds)
+        return self.start_process()
+
+    def terminate_backends(self, dbname=None, keep=()):
+        """pg_terminate_backend() on every client session (of dbname, if
+        given) but this one and the backend pids in keep; returns how many
+        were terminated."""
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT count(pg_terminate_backend(pid)) "
+                    "FROM pg_stat_activity "
+                    "WHERE pid <> pg_backend_pid() "
+                    "AND backend_type = 'client backend' "
+                    "AND NOT (pid = ANY(%s)) "
+                    "AND (%s::text IS NULL OR datname = %s)",
+                    (list(keep), dbname, dbname))
+                return cur.fetchone()[0]
+        finally:
+            conn.close()
+
     def stop(self):
         # SIGINT: PostgreSQL's "fast" shutdown.
         _stop_process(self.proc, signal.SIGINT, timeout=15)
@@ -388,21 +540,34 @@ class MockNLP(_Server):
     """tests/tools/mock_nlp.py, in a thread of this process or as a child.
 
     Either way it is driven through its /_mock/ control API, so both modes
-    behave the same.
+    behave the same. In thread mode, extra_hosts are more addresses served
+    by servers sharing the same state (same recordings and behaviour, one
+    port each: see url_for()).
     """
 
-    def __init__(self, mode="thread", host=LOOPBACK):
+    def __init__(self, mode="thread", host=LOOPBACK, extra_hosts=()):
         if mode not in ("thread", "process"):
             raise ValueError("mode must be 'thread' or 'process'")
+        if extra_hosts and mode != "thread":
+            raise ValueError("extra_hosts needs mode 'thread'")
         self.mode = mode
         self.host = host
+        self.extra_hosts = list(extra_hosts)
         self.port = None
         self.server = None
+        self.extra = {}
         self.proc = None
 
     @property
     def url(self):
         return "http://%s:%d" % (self.host, self.port)
+
+    def url_for(self, host):
+        """The URL this mock answers at on host (self.host or one of
+        extra_hosts)."""
+        if host == self.host:
+            return self.url
+        return self.extra[host].url
 
     def start(self):
         if self.mode == "thread":
@@ -411,6 +576,9 @@ class MockNLP(_Server):
             import mock_nlp
             self.server = mock_nlp.MockNLPServer(self.host, 0).start()
             self.port = self.server.port
+            for h in self.extra_hosts:
+                self.extra[h] = mock_nlp.MockNLPServer(
+                    h, 0, state=self.server.state).start()
         else:
             self.port = free_port()
             self.proc = subprocess.Popen(
@@ -422,6 +590,9 @@ class MockNLP(_Server):
         return self
 
     def stop(self):
+        for srv in self.extra.values():
+            srv.stop()
+        self.extra = {}
         if self.server is not None:
             self.server.stop()
             self.server = None
@@ -443,12 +614,50 @@ class MockNLP(_Server):
 
     def behaviour(self, **spec):
         """Sets the answer: status, success, delay_ms, count, retry_after,
-        body, path (see mock_nlp.py)."""
+        body, path, match (see mock_nlp.py)."""
         self._call("POST", "/_mock/behaviour", spec)
+
+    def rules(self, rules):
+        """Sets per-request rules checked before the behaviour: a list of
+        behaviour dicts, usually with "match" (see mock_nlp.py); [] clears
+        them."""
+        self._call("POST", "/_mock/rules", {"rules": list(rules)})
 
     def reset(self):
         self._call("POST", "/_mock/reset", {})
 
-    def requests(self):
-        """Recorded requests, oldest first (control requests excluded)."""
-        return self._call("GET", "/_mock/requests")
+    def requests(self, since=0):
+        """Recorded requests, oldest first (control requests excluded);
+        since=N skips the first N."""
+        if self.server is not None:
+            # The same copies the control API would send, without HTTP
+            # (and while connections are refused).
+            return self.server.requests(since)
+        return self._call("GET", "/_mock/requests" +
+                          ("?since=%d" % since if since else ""))
+
+    # -- connection refused --
+    def refuse(self, seconds):
+        """Connection refused for `seconds` (then it listens again on the
+        same port); open connections are cut. Returns at once."""
+        if self.server is not None:
+            for srv in [self.server] + list(self.extra.values()):
+                srv.refuse_for(seconds)
+        else:
+            self._call("POST", "/_mock/refuse", {"seconds": seconds})
+
+    def refuse_connections(self):
+        """Connection refused until accept_connections() (thread mode)."""
+        if self.server is None:
+            raise ServerError("refuse_connections() needs mode 'thread'; "
+                              "use refuse(seconds)")
+        for srv in [self.server] + list(self.extra.values()):
+            srv.refuse_connections()
+
+    def accept_connections(self):
+        for srv in [self.server] + list(self.extra.values()):
+            srv.accept_connections()
+
+    @property
+    def refusing(self):
+        return self.server is not None and self.server.refusing
