@@ -17,7 +17,8 @@ struct ledger;
 enum ledger_claim {
 	LEDGER_OWNED = 0,	/* new, failed earlier, or its lease expired: ours */
 	LEDGER_DONE,		/* already triggered in the dedup window */
-	LEDGER_BUSY		/* live claim by another consumer */
+	LEDGER_BUSY,		/* live claim by another consumer */
+	LEDGER_WAIT		/* failed earlier; its retry is not due yet */
 };
 
 /* Final statuses a worker writes. */
@@ -43,6 +44,8 @@ struct ledger_doc {
 	/* Filled by ledger_claim(). */
 	enum ledger_claim claim;
 	int		 attempts;	/* requests made before this one */
+	int		 retries;	/* transient failures counted so far */
+	long long	 wait_ms;	/* BUSY: lease left; WAIT: until due */
 	char		 prev_status[12];
 
 	/* Set by the caller before ledger_record(). */
@@ -55,6 +58,9 @@ struct ledger_doc {
 	const char	*remote_job_id;
 	const char	*error;
 	bool		 requested;	/* a delivery row is written */
+	const char	*outcome;	/* of the request: success, transient, permanent */
+	bool		 count_retry;	/* FAILED: counts against max_retries */
+	long long	 retry_in_ms;	/* FAILED: next attempt due; -1 none */
 };
 
 /*
@@ -95,6 +101,13 @@ int	ledger_record(struct ledger *, struct ledger_doc *docs, size_t n);
  * overwriting an existing row. Returns 0 or -1.
  */
 int	ledger_note(struct ledger *, struct ledger_doc *docs, size_t n);
+
+/*
+ * Marks poison entries' documents dead with docs[i].error as the reason,
+ * inserting rows that do not exist; a triggered row is left alone.
+ * Returns 0 or -1.
+ */
+int	ledger_bury(struct ledger *, struct ledger_doc *docs, size_t n);
 
 const char *ledger_status_name(enum ledger_status);
 const char *ledger_schema(const struct ledger *);

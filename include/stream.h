@@ -72,4 +72,78 @@ int	stream_dead_letter(struct stream *, const struct stream_entry *,
 /* Number of entries in our own pending list, or -1. */
 long	stream_pending_count(struct stream *);
 
+/* One entry of our own pending list (XPENDING, extended form). */
+struct stream_pending {
+	char		 id[48];
+	long long	 idle_ms;
+	long long	 deliveries;	/* times delivered so far */
+};
+
+/*
+ * Up to count entries of our own pending list between start and end
+ * ("-", "+", an id, or "(id" to exclude it), oldest first; *out is
+ * allocated (free it). Returns the number, STREAM_NOGROUP or STREAM_ERR.
+ * Delivery counts are untouched.
+ */
+int	stream_pending_own(struct stream *, const char *start, const char *end,
+	    int count, struct stream_pending **out);
+
+/*
+ * XCLAIM ids to us and return them with their fields; each one's delivery
+ * count goes up by one. Ids no longer in the stream are dropped by Redis.
+ * Returns the number, STREAM_NOGROUP or STREAM_ERR.
+ */
+int	stream_claim(struct stream *, const char *const *ids, size_t n,
+	    struct stream_batch *out);
+
+/*
+ * XCLAIM ... JUSTID to ourselves: resets the idle time of entries we wait
+ * on, so no sweeper takes them; delivery counts are untouched. Returns
+ * how many were claimed, STREAM_NOGROUP or STREAM_ERR.
+ */
+int	stream_touch(struct stream *, const char *const *ids, size_t n);
+
+/* Ids a reply named; owned. */
+struct stream_ids {
+	char	**ids;
+	size_t	  n;
+};
+void	stream_ids_free(struct stream_ids *);
+
+/*
+ * One XAUTOCLAIM page: entries idle for claim_idle_ms in any consumer's
+ * pending list, from cursor on, become ours (delivery count + 1). next
+ * receives the cursor to continue from ("0-0": done); deleted receives
+ * the ids Redis dropped because they were deleted from the stream.
+ * Returns the number of entries, STREAM_NOGROUP or STREAM_ERR.
+ */
+int	stream_autoclaim(struct stream *, const char *cursor, int count,
+	    struct stream_batch *out, char *next, size_t nextlen,
+	    struct stream_ids *deleted);
+
+/* A consumer of the group (XINFO CONSUMERS). */
+struct stream_consumer {
+	char		*name;
+	long long	 pending;
+	long long	 idle_ms;
+};
+int	stream_consumers(struct stream *, struct stream_consumer **out);
+void	stream_consumers_free(struct stream_consumer *, int n);
+
+/*
+ * XGROUP DELCONSUMER name, only if it has nothing pending (checked in the
+ * same script). Returns 1 removed, 0 kept, STREAM_NOGROUP or STREAM_ERR.
+ */
+int	stream_remove_consumer(struct stream *, const char *name);
+
+/*
+ * XGROUP CREATECONSUMER: we show in XINFO CONSUMERS from the start, not
+ * only after our first read returned something. Returns 0, STREAM_NOGROUP
+ * or STREAM_ERR.
+ */
+int	stream_create_consumer(struct stream *);
+
+/* A deep copy in one allocation: free() it. */
+struct stream_entry *stream_entry_dup(const struct stream_entry *);
+
 #endif

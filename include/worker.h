@@ -17,6 +17,7 @@
 struct worker_shm {
 	volatile long long	 heartbeat_ms;	/* CLOCK_MONOTONIC, set each round */
 	volatile int		 connected;	/* 1 once Redis and the ledger are up */
+	volatile int		 workers;	/* slot 0 only: workers wanted */
 };
 
 /* Exit code of a worker whose first connection failed: a crash. */
@@ -28,6 +29,7 @@ struct worker_opts {
 	volatile sig_atomic_t	*stop;		/* set by SIGTERM/SIGINT */
 	volatile sig_atomic_t	*reopen;	/* set by SIGUSR1: reopen the log */
 	struct worker_shm	*shm;		/* NULL when unsupervised */
+	volatile int		*workers;	/* workers wanted, or NULL */
 	int			 master_fd;	/* read end of the master's pipe, or -1 */
 };
 

@@ -46,13 +46,6 @@ static const struct {
 	const char	*key;
 	const char	*what;
 } pending_table[] = {
-	{ SECTION ".max_retries",		"the retry schedule" },
-	{ SECTION ".retry_delay_seconds",	"the retry schedule" },
-	{ SECTION ".max_retry_delay_seconds",	"the retry schedule" },
-	{ SECTION ".claim_interval_ms",		"the XAUTOCLAIM sweeper" },
-	{ SECTION ".claim_idle_ms",		"the XAUTOCLAIM sweeper" },
-	{ SECTION ".max_deliveries",		"the XAUTOCLAIM sweeper" },
-	{ SECTION ".circuit_breaker.*",		"the circuit breaker" },
 	{ SECTION ".backlog_batch_size",	"process-backlog" },
 	{ SECTION ".backlog_max_age_hours",	"process-backlog" },
 	{ SECTION ".batch_mode",		"batch routes" },

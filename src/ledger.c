@@ -30,6 +30,7 @@ struct ledger {
 	char	*sql_claim;
 	char	*sql_record;
 	char	*sql_note;
+	char	*sql_bury;
 };
 
 /*
@@ -135,6 +136,15 @@ static const struct migration {
 "COMMENT ON COLUMN @S@.deliveries.requested_at IS 'When the request was recorded (after it completed).';\n"
 "COMMENT ON VIEW @S@.hourly_summary IS 'Documents and requests per hour, consumer group and status.';\n"
 	},
+	{ 2, "retry schedule: retries, retry_at",
+"ALTER TABLE @S@.processed_documents\n"
+"  ADD COLUMN retries  integer NOT NULL DEFAULT 0,\n"
+"  ADD COLUMN retry_at timestamptz;\n"
+"CREATE INDEX processed_documents_retry_idx ON @S@.processed_documents (retry_at) WHERE status = 'failed';\n"
+"COMMENT ON COLUMN @S@.processed_documents.retries IS 'Transient failures counted against max_retries; requests that probe an open circuit are not counted.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.retry_at IS 'With status failed: no attempt is made before this time (the retry schedule, kept across restarts). NULL otherwise.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.status IS 'claimed (in flight), triggered (NLP accepted it), failed (transient failure, retried at retry_at), dead (gave up: permanent failure, retries exhausted or poison; see the dead-letter stream), observed (seen with auto_process off), expired (too old for the backlog).';\n"
+	},
 };
 
 static const char sql_claim[] =
@@ -153,13 +163,16 @@ static const char sql_claim[] =
 "    FROM input\n"
 "  ON CONFLICT (consumer_group, document_id) DO UPDATE SET\n"
 "    status = 'claimed', claimed_by = excluded.claimed_by,\n"
-"    lease_until = excluded.lease_until, event_id = excluded.event_id,\n"
+"    lease_until = excluded.lease_until, retry_at = NULL,\n"
+"    event_id = excluded.event_id,\n"
 "    event_type = excluded.event_type, event_source = excluded.event_source,\n"
 "    event_time = excluded.event_time, stream = excluded.stream,\n"
 "    stream_entry_id = excluded.stream_entry_id,\n"
 "    batch_id = coalesce(excluded.batch_id, d.batch_id),\n"
 "    job_id = coalesce(excluded.job_id, d.job_id), updated_at = now()\n"
-"  WHERE d.status IN ('failed', 'observed', 'expired')\n"
+/* a failed document is owned again once its retry is due */
+"  WHERE (d.status = 'failed' AND (d.retry_at IS NULL OR d.retry_at <= now()))\n"
+"     OR d.status IN ('observed', 'expired')\n"
 /* our own claim (same stable consumer name: we crashed) or an expired one */
 "     OR (d.status = 'claimed' AND (d.claimed_by = excluded.claimed_by\n"
 "                                   OR d.lease_until < now()))\n"
@@ -168,13 +181,21 @@ static const char sql_claim[] =
 "     OR (d.status = 'triggered' AND NOT $5::boolean)\n"
 "     OR (d.status = 'triggered' AND $4::float8 > 0\n"
 "         AND d.triggered_at < now() - make_interval(secs => $4::float8 * 3600))\n"
-"  RETURNING d.document_id, d.attempts\n"
+"  RETURNING d.document_id, d.attempts, d.retries\n"
 ")\n"
+/* d is the row as it was before this statement (one snapshot) */
 "SELECT i.document_id,\n"
 "       CASE WHEN u.document_id IS NOT NULL THEN 'owned'\n"
 "            WHEN d.status = 'claimed' THEN 'busy'\n"
+"            WHEN d.status = 'failed' THEN 'wait'\n"
 "            ELSE 'done' END,\n"
-"       coalesce(u.attempts, d.attempts, 0), coalesce(d.status, '')\n"
+"       coalesce(u.attempts, d.attempts, 0), coalesce(d.status, ''),\n"
+"       coalesce(u.retries, d.retries, 0),\n"
+"       CASE WHEN u.document_id IS NOT NULL THEN 0\n"
+"            ELSE coalesce(greatest(0, ceil(extract(epoch FROM\n"
+"                 CASE WHEN d.status = 'claimed' THEN d.lease_until\n"
+"                      ELSE d.retry_at END - now()) * 1000)), 0)\n"
+"       END::bigint\n"
 "  FROM input i\n"
 "  LEFT JOIN upsert u USING (document_id)\n"
 "  LEFT JOIN @S@.processed_documents d\n"
@@ -184,16 +205,17 @@ static const char sql_record[] =
 "WITH r AS (\n"
 "  SELECT * FROM unnest($3::text[], $4::text[], $5::int[], $6::float8[],\n"
 "                       $7::text[], $8::text[], $9::text[], $10::text[],\n"
-"                       $11::text[], $12::text[], $13::text[], $14::boolean[])\n"
+"                       $11::text[], $12::text[], $13::text[], $14::boolean[],\n"
+"                       $15::float8[], $16::boolean[], $17::text[])\n"
 "    AS t(document_id, status, http_status, latency_ms, remote_job_id, error,\n"
-"         route, method, url, event_id, stream_entry_id, requested)\n"
+"         route, method, url, event_id, stream_entry_id, requested,\n"
+"         retry_in_ms, count_retry, outcome)\n"
 "), del AS (\n"
 "  INSERT INTO @S@.deliveries (consumer_group, route, method, url,\n"
 "      idempotency_key, http_status, latency_ms, outcome, remote_job_id,\n"
 "      error, event_id, stream_entry_id)\n"
 "  SELECT $1, route, method, url, document_id, http_status, latency_ms,\n"
-"         CASE status WHEN 'triggered' THEN 'success'\n"
-"                     WHEN 'failed' THEN 'transient' ELSE 'permanent' END,\n"
+"         outcome,\n"
 "         remote_job_id, error, event_id, stream_entry_id\n"
 "    FROM r WHERE requested\n"
 "  RETURNING delivery_id, idempotency_key\n"
@@ -201,6 +223,9 @@ static const char sql_record[] =
 "UPDATE @S@.processed_documents d SET\n"
 "  status = r.status,\n"
 "  attempts = d.attempts + CASE WHEN r.requested THEN 1 ELSE 0 END,\n"
+"  retries = d.retries + CASE WHEN r.count_retry THEN 1 ELSE 0 END,\n"
+"  retry_at = CASE WHEN r.status = 'failed' AND r.retry_in_ms IS NOT NULL\n"
+"             THEN now() + make_interval(secs => r.retry_in_ms / 1000) END,\n"
 "  http_status = r.http_status,\n"
 "  remote_job_id = coalesce(r.remote_job_id, d.remote_job_id),\n"
 "  last_error = r.error,\n"
@@ -226,6 +251,23 @@ static const char sql_note[] =
 "  status = excluded.status, event_id = excluded.event_id,\n"
 "  stream_entry_id = excluded.stream_entry_id, updated_at = now()\n"
 "  WHERE d.status IN ('observed', 'expired')";
+
+/* Poison entries: dead whatever happened before, unless triggered. */
+static const char sql_bury[] =
+"INSERT INTO @S@.processed_documents AS d\n"
+"  (consumer_group, document_id, status, event_id, event_type, event_source,\n"
+"   event_time, stream, stream_entry_id, batch_id, job_id, claimed_by, last_error)\n"
+"SELECT $1, t.document_id, 'dead', t.event_id, t.event_type, t.event_source,\n"
+"       t.event_time, $12, t.stream_entry_id, t.batch_id, t.job_id, $2, t.error\n"
+"  FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[],\n"
+"              $8::timestamptz[], $9::text[], $10::text[], $11::text[])\n"
+"    AS t(document_id, error, event_id, event_type, event_source, event_time,\n"
+"         stream_entry_id, batch_id, job_id)\n"
+"ON CONFLICT (consumer_group, document_id) DO UPDATE SET\n"
+"  status = 'dead', last_error = excluded.last_error, lease_until = NULL,\n"
+"  retry_at = NULL, stream_entry_id = excluded.stream_entry_id,\n"
+"  claimed_by = excluded.claimed_by, updated_at = now()\n"
+"  WHERE d.status IN ('claimed', 'failed', 'observed', 'expired')";
 
 static const char *status_names[] = {
 	"triggered", "failed", "dead", "observed", "expired"
@@ -271,6 +313,7 @@ ledger_new(const char *dsn, const char *schema, const char *group,
 	l->sql_claim = with_schema(sql_claim, q);
 	l->sql_record = with_schema(sql_record, q);
 	l->sql_note = with_schema(sql_note, q);
+	l->sql_bury = with_schema(sql_bury, q);
 	free(q);
 	return l;
 }
@@ -290,6 +333,7 @@ ledger_free(struct ledger *l)
 	free(l->sql_claim);
 	free(l->sql_record);
 	free(l->sql_note);
+	free(l->sql_bury);
 	free(l);
 }
 
@@ -561,6 +605,8 @@ claim_parse(const char *s)
 		return LEDGER_OWNED;
 	if (strcmp(s, "busy") == 0)
 		return LEDGER_BUSY;
+	if (strcmp(s, "wait") == 0)
+		return LEDGER_WAIT;
 	return LEDGER_DONE;
 }
 
@@ -621,6 +667,8 @@ ledger_claim(struct ledger *l, struct ledger_doc *docs, size_t n, int lease_s,
 			docs[i].attempts = atoi(PQgetvalue(res, r, 2));
 			strlcpy_s(docs[i].prev_status, PQgetvalue(res, r, 3),
 			    sizeof(docs[i].prev_status));
+			docs[i].retries = atoi(PQgetvalue(res, r, 4));
+			docs[i].wait_ms = atoll(PQgetvalue(res, r, 5));
 			break;
 		}
 	}
@@ -634,8 +682,8 @@ out:
 int
 ledger_record(struct ledger *l, struct ledger_doc *docs, size_t n)
 {
-	struct buf a[12];
-	const char *params[14];
+	struct buf a[15];
+	const char *params[17];
 	char num[64];
 	PGresult *res;
 	int ret = -1;
@@ -644,7 +692,7 @@ ledger_record(struct ledger *l, struct ledger_doc *docs, size_t n)
 		return 0;
 	if (ensure_conn(l) == -1)
 		return -1;
-	arrays_open(a, 12);
+	arrays_open(a, 15);
 	for (size_t i = 0; i < n; i++) {
 		const struct ledger_doc *d = &docs[i];
 
@@ -662,13 +710,18 @@ ledger_record(struct ledger *l, struct ledger_doc *docs, size_t n)
 		array_text(&a[9], d->event_id);
 		array_text(&a[10], d->entry_id);
 		array_text(&a[11], d->requested ? "true" : "false");
+		snprintf(num, sizeof(num), "%lld", d->retry_in_ms);
+		array_text(&a[12], d->status == LEDGER_FAILED &&
+		    d->retry_in_ms >= 0 ? num : NULL);
+		array_text(&a[13], d->count_retry ? "true" : "false");
+		array_text(&a[14], d->outcome ? d->outcome : "permanent");
 	}
-	arrays_close(a, 12, params + 2);
+	arrays_close(a, 15, params + 2);
 	params[0] = l->group;
 	params[1] = l->consumer;
-	res = PQexecParams(l->conn, l->sql_record, 14, NULL, params, NULL,
+	res = PQexecParams(l->conn, l->sql_record, 17, NULL, params, NULL,
 	    NULL, 0);
-	arrays_free(a, 12);
+	arrays_free(a, 15);
 	if (PQresultStatus(res) != PGRES_COMMAND_OK)
 		log_warnx("ledger: record failed: %s", pg_error(l->conn, res));
 	else {
@@ -682,8 +735,10 @@ ledger_record(struct ledger *l, struct ledger_doc *docs, size_t n)
 	return ret;
 }
 
-int
-ledger_note(struct ledger *l, struct ledger_doc *docs, size_t n)
+/* Inserts docs as rows of their own (sql_note, sql_bury): same columns. */
+static int
+insert_docs(struct ledger *l, const char *sql, bool bury,
+    struct ledger_doc *docs, size_t n, const char *what)
 {
 	struct buf a[9];
 	const char *params[12];
@@ -699,7 +754,8 @@ ledger_note(struct ledger *l, struct ledger_doc *docs, size_t n)
 		const struct ledger_doc *d = &docs[i];
 
 		array_text(&a[0], d->document_id);
-		array_text(&a[1], ledger_status_name(d->status));
+		array_text(&a[1], bury ? d->error :
+		    ledger_status_name(d->status));
 		array_text(&a[2], d->event_id);
 		array_text(&a[3], d->event_type);
 		array_text(&a[4], d->event_source);
@@ -712,14 +768,25 @@ ledger_note(struct ledger *l, struct ledger_doc *docs, size_t n)
 	params[0] = l->group;
 	params[1] = l->consumer;
 	params[11] = l->stream;
-	res = PQexecParams(l->conn, l->sql_note, 12, NULL, params, NULL,
-	    NULL, 0);
+	res = PQexecParams(l->conn, sql, 12, NULL, params, NULL, NULL, 0);
 	arrays_free(a, 9);
 	if (PQresultStatus(res) != PGRES_COMMAND_OK)
-		log_warnx("ledger: note failed: %s", pg_error(l->conn, res));
+		log_warnx("ledger: %s failed: %s", what, pg_error(l->conn, res));
 	else
 		ret = 0;
 	PQclear(res);
 	check_broken(l);
 	return ret;
+}
+
+int
+ledger_note(struct ledger *l, struct ledger_doc *docs, size_t n)
+{
+	return insert_docs(l, l->sql_note, false, docs, n, "note");
+}
+
+int
+ledger_bury(struct ledger *l, struct ledger_doc *docs, size_t n)
+{
+	return insert_docs(l, l->sql_bury, true, docs, n, "bury");
 }

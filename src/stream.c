@@ -181,6 +181,47 @@ is_nogroup(const redisReply *r)
 }
 
 /*
+ * Fills out from an array of entries [[id, [f, v, ...]], ...] inside
+ * reply, which out now owns. A pending entry deleted from the stream
+ * comes back as [id, nil] (nfields 0); other odd elements are skipped.
+ */
+static void
+parse_entries(const redisReply *entries, redisReply *reply,
+    struct stream_batch *out)
+{
+	out->reply = reply;
+	out->entries = xcalloc(entries->elements ? entries->elements : 1,
+	    sizeof(*out->entries));
+	for (size_t i = 0; i < entries->elements; i++) {
+		redisReply *e = entries->element[i], *kv;
+		struct stream_entry *se = &out->entries[out->n];
+
+		if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+		    e->element[0]->type != REDIS_REPLY_STRING)
+			continue;
+		se->id = e->element[0]->str;
+		kv = e->element[1];
+		if (kv->type != REDIS_REPLY_ARRAY) {
+			out->n++;	/* deleted: nfields 0 */
+			continue;
+		}
+		se->nfields = kv->elements / 2;
+		se->fields = xcalloc(se->nfields ? se->nfields : 1,
+		    sizeof(*se->fields));
+		for (size_t j = 0; j < se->nfields; j++) {
+			redisReply *k = kv->element[2 * j];
+			redisReply *v = kv->element[2 * j + 1];
+
+			se->fields[j].name = k->str ? k->str : "";
+			se->fields[j].namelen = k->str ? k->len : 0;
+			se->fields[j].value = v->str ? v->str : "";
+			se->fields[j].valuelen = v->str ? v->len : 0;
+		}
+		out->n++;
+	}
+}
+
+/*
  * Reply shape: [[stream, [[id, [f, v, f, v...]], ...]]], or nil on
  * timeout. A pending entry deleted meanwhile comes back as [id, nil].
  */
@@ -190,7 +231,7 @@ stream_read(struct stream *s, const char *start, int count, int block_ms,
 {
 	const char *argv[12];
 	char cnt[16], blk[16];
-	redisReply *r, *entries;
+	redisReply *r;
 	int argc = 0;
 
 	memset(out, 0, sizeof(*out));
@@ -230,37 +271,7 @@ stream_read(struct stream *s, const char *start, int count, int block_ms,
 		freeReplyObject(r);
 		return STREAM_ERR;
 	}
-	entries = r->element[0]->element[1];
-	out->reply = r;
-	out->entries = xcalloc(entries->elements ? entries->elements : 1,
-	    sizeof(*out->entries));
-	for (size_t i = 0; i < entries->elements; i++) {
-		redisReply *e = entries->element[i], *kv;
-		struct stream_entry *se = &out->entries[out->n];
-
-		if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
-		    e->element[0]->type != REDIS_REPLY_STRING)
-			continue;
-		se->id = e->element[0]->str;
-		kv = e->element[1];
-		if (kv->type != REDIS_REPLY_ARRAY) {
-			out->n++;	/* deleted: nfields 0 */
-			continue;
-		}
-		se->nfields = kv->elements / 2;
-		se->fields = xcalloc(se->nfields ? se->nfields : 1,
-		    sizeof(*se->fields));
-		for (size_t j = 0; j < se->nfields; j++) {
-			redisReply *k = kv->element[2 * j];
-			redisReply *v = kv->element[2 * j + 1];
-
-			se->fields[j].name = k->str ? k->str : "";
-			se->fields[j].namelen = k->str ? k->len : 0;
-			se->fields[j].value = v->str ? v->str : "";
-			se->fields[j].valuelen = v->str ? v->len : 0;
-		}
-		out->n++;
-	}
+	parse_entries(r->element[0]->element[1], r, out);
 	return (int)out->n;
 }
 
@@ -379,4 +390,291 @@ stream_pending_count(struct stream *s)
 	}
 	freeReplyObject(r);
 	return n;
+}
+
+/* An error reply: NOGROUP (the key or group vanished) or STREAM_ERR. */
+static int
+reply_error(struct stream *s, redisReply *r, const char *what)
+{
+	int ret = is_nogroup(r) ? STREAM_NOGROUP : STREAM_ERR;
+
+	if (ret == STREAM_ERR)
+		log_warnx("redis: %s: %s", what, r->type == REDIS_REPLY_ERROR ?
+		    r->str : "unexpected reply");
+	(void)s;
+	freeReplyObject(r);
+	return ret;
+}
+
+int
+stream_pending_own(struct stream *s, const char *start, const char *end,
+    int count, struct stream_pending **out)
+{
+	const char *argv[7];
+	char cnt[16];
+	redisReply *r;
+	int n = 0;
+
+	*out = NULL;
+	snprintf(cnt, sizeof(cnt), "%d", count);
+	argv[0] = "XPENDING";
+	argv[1] = s->cfg->source_stream;
+	argv[2] = s->cfg->consumer_group;
+	argv[3] = start;
+	argv[4] = end;
+	argv[5] = cnt;
+	argv[6] = s->consumer;
+	if ((r = command(s, 7, argv, NULL)) == NULL)
+		return STREAM_ERR;
+	if (r->type != REDIS_REPLY_ARRAY)
+		return reply_error(s, r, "XPENDING");
+	*out = xcalloc(r->elements ? r->elements : 1, sizeof(**out));
+	/* [[id, consumer, idle-ms, deliveries], ...] */
+	for (size_t i = 0; i < r->elements; i++) {
+		redisReply *e = r->element[i];
+
+		if (e->type != REDIS_REPLY_ARRAY || e->elements != 4 ||
+		    e->element[0]->type != REDIS_REPLY_STRING ||
+		    e->element[0]->len >= sizeof((*out)[n].id))
+			continue;
+		memcpy((*out)[n].id, e->element[0]->str, e->element[0]->len + 1);
+		(*out)[n].idle_ms = e->element[2]->integer;
+		(*out)[n].deliveries = e->element[3]->integer;
+		n++;
+	}
+	freeReplyObject(r);
+	return n;
+}
+
+/* XCLAIM s g me 0 ids... [JUSTID]: the reply is returned as is. */
+static redisReply *
+xclaim(struct stream *s, const char *const *ids, size_t n, bool justid)
+{
+	const char **argv = xcalloc(n + 6, sizeof(*argv));
+	redisReply *r;
+	size_t argc = 0;
+
+	argv[argc++] = "XCLAIM";
+	argv[argc++] = s->cfg->source_stream;
+	argv[argc++] = s->cfg->consumer_group;
+	argv[argc++] = s->consumer;
+	argv[argc++] = "0";
+	for (size_t i = 0; i < n; i++)
+		argv[argc++] = ids[i];
+	if (justid)
+		argv[argc++] = "JUSTID";
+	r = command(s, (int)argc, argv, NULL);
+	free(argv);
+	return r;
+}
+
+int
+stream_claim(struct stream *s, const char *const *ids, size_t n,
+    struct stream_batch *out)
+{
+	redisReply *r;
+
+	memset(out, 0, sizeof(*out));
+	if (n == 0)
+		return 0;
+	if ((r = xclaim(s, ids, n, false)) == NULL)
+		return STREAM_ERR;
+	if (r->type != REDIS_REPLY_ARRAY)
+		return reply_error(s, r, "XCLAIM");
+	parse_entries(r, r, out);
+	return (int)out->n;
+}
+
+int
+stream_touch(struct stream *s, const char *const *ids, size_t n)
+{
+	redisReply *r;
+	int got;
+
+	if (n == 0)
+		return 0;
+	if ((r = xclaim(s, ids, n, true)) == NULL)
+		return STREAM_ERR;
+	if (r->type != REDIS_REPLY_ARRAY)
+		return reply_error(s, r, "XCLAIM JUSTID");
+	got = (int)r->elements;
+	freeReplyObject(r);
+	return got;
+}
+
+int
+stream_autoclaim(struct stream *s, const char *cursor, int count,
+    struct stream_batch *out, char *next, size_t nextlen,
+    struct stream_ids *deleted)
+{
+	const char *argv[8];
+	char cnt[16], idle[24];
+	redisReply *r, *del;
+
+	memset(out, 0, sizeof(*out));
+	memset(deleted, 0, sizeof(*deleted));
+	snprintf(cnt, sizeof(cnt), "%d", count);
+	snprintf(idle, sizeof(idle), "%d", s->cfg->claim_idle_ms);
+	argv[0] = "XAUTOCLAIM";
+	argv[1] = s->cfg->source_stream;
+	argv[2] = s->cfg->consumer_group;
+	argv[3] = s->consumer;
+	argv[4] = idle;
+	argv[5] = cursor;
+	argv[6] = "COUNT";
+	argv[7] = cnt;
+	if ((r = command(s, 8, argv, NULL)) == NULL)
+		return STREAM_ERR;
+	/* [next-cursor, [entries], [deleted ids]] (Redis >= 7) */
+	if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 ||
+	    r->element[0]->type != REDIS_REPLY_STRING ||
+	    r->element[1]->type != REDIS_REPLY_ARRAY)
+		return reply_error(s, r, "XAUTOCLAIM");
+	strlcpy_s(next, r->element[0]->str, nextlen);
+	if (r->elements >= 3 && (del = r->element[2])->type ==
+	    REDIS_REPLY_ARRAY && del->elements > 0) {
+		deleted->ids = xcalloc(del->elements, sizeof(*deleted->ids));
+		for (size_t i = 0; i < del->elements; i++)
+			if (del->element[i]->type == REDIS_REPLY_STRING)
+				deleted->ids[deleted->n++] =
+				    xstrdup(del->element[i]->str);
+	}
+	parse_entries(r->element[1], r, out);
+	return (int)out->n;
+}
+
+void
+stream_ids_free(struct stream_ids *ids)
+{
+	for (size_t i = 0; i < ids->n; i++)
+		free(ids->ids[i]);
+	free(ids->ids);
+	memset(ids, 0, sizeof(*ids));
+}
+
+int
+stream_consumers(struct stream *s, struct stream_consumer **out)
+{
+	const char *argv[4] = { "XINFO", "CONSUMERS", s->cfg->source_stream,
+	    s->cfg->consumer_group };
+	redisReply *r;
+	int n = 0;
+
+	*out = NULL;
+	if ((r = command(s, 4, argv, NULL)) == NULL)
+		return STREAM_ERR;
+	if (r->type != REDIS_REPLY_ARRAY)
+		return reply_error(s, r, "XINFO CONSUMERS");
+	*out = xcalloc(r->elements ? r->elements : 1, sizeof(**out));
+	/* Each consumer is a flat map: name, pending, idle[, inactive]. */
+	for (size_t i = 0; i < r->elements; i++) {
+		redisReply *c = r->element[i];
+		struct stream_consumer *sc = &(*out)[n];
+
+		if (c->type != REDIS_REPLY_ARRAY)
+			continue;
+		sc->pending = -1;
+		for (size_t j = 0; j + 1 < c->elements; j += 2) {
+			const redisReply *k = c->element[j], *v = c->element[j + 1];
+
+			if (k->type != REDIS_REPLY_STRING)
+				continue;
+			if (strcmp(k->str, "name") == 0 &&
+			    v->type == REDIS_REPLY_STRING)
+				sc->name = xstrdup(v->str);
+			else if (strcmp(k->str, "pending") == 0)
+				sc->pending = v->integer;
+			else if (strcmp(k->str, "idle") == 0)
+				sc->idle_ms = v->integer;
+		}
+		if (sc->name != NULL)
+			n++;
+	}
+	freeReplyObject(r);
+	return n;
+}
+
+void
+stream_consumers_free(struct stream_consumer *c, int n)
+{
+	for (int i = 0; i < n; i++)
+		free(c[i].name);
+	free(c);
+}
+
+/*
+ * Deleting a consumer drops its pending entries, so the check and the
+ * delete happen in one script: atomically, nothing pending or nothing done.
+ */
+static const char delconsumer_lua[] =
+"if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then\n"
+"  return -1\n"
+"end\n"
+"return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])";
+
+int
+stream_remove_consumer(struct stream *s, const char *name)
+{
+	const char *argv[6] = { "EVAL", delconsumer_lua, "1",
+	    s->cfg->source_stream, s->cfg->consumer_group, name };
+	redisReply *r;
+	int ret;
+
+	if ((r = command(s, 6, argv, NULL)) == NULL)
+		return STREAM_ERR;
+	if (r->type != REDIS_REPLY_INTEGER)
+		return reply_error(s, r, "XGROUP DELCONSUMER");
+	ret = r->integer < 0 ? 0 : 1;
+	freeReplyObject(r);
+	return ret;
+}
+
+struct stream_entry *
+stream_entry_dup(const struct stream_entry *e)
+{
+	size_t size = sizeof(*e) + strlen(e->id) + 1, idlen;
+	struct stream_entry *d;
+	char *p;
+
+	size += e->nfields * sizeof(*e->fields);
+	for (size_t i = 0; i < e->nfields; i++)
+		size += e->fields[i].namelen + e->fields[i].valuelen + 2;
+	d = xmalloc(size);
+	d->nfields = e->nfields;
+	d->fields = e->nfields ? (struct entry_field *)(d + 1) : NULL;
+	p = (char *)(d + 1) + e->nfields * sizeof(*e->fields);
+	idlen = strlen(e->id) + 1;
+	memcpy(p, e->id, idlen);
+	d->id = p;
+	p += idlen;
+	for (size_t i = 0; i < e->nfields; i++) {
+		const struct entry_field *f = &e->fields[i];
+
+		memcpy(p, f->name, f->namelen);
+		p[f->namelen] = '\0';
+		d->fields[i].name = p;
+		d->fields[i].namelen = f->namelen;
+		p += f->namelen + 1;
+		memcpy(p, f->value, f->valuelen);
+		p[f->valuelen] = '\0';
+		d->fields[i].value = p;
+		d->fields[i].valuelen = f->valuelen;
+		p += f->valuelen + 1;
+	}
+	return d;
+}
+
+int
+stream_create_consumer(struct stream *s)
+{
+	const char *argv[5] = { "XGROUP", "CREATECONSUMER",
+	    s->cfg->source_stream, s->cfg->consumer_group, s->consumer };
+	redisReply *r;
+
+	if ((r = command(s, 5, argv, NULL)) == NULL)
+		return STREAM_ERR;
+	if (r->type != REDIS_REPLY_INTEGER)
+		return reply_error(s, r, "XGROUP CREATECONSUMER");
+	freeReplyObject(r);
+	return 0;
 }

@@ -236,6 +236,7 @@ child_main(int slot)
 	opts.stop = &child_stop;
 	opts.reopen = &child_reopen;
 	opts.shm = &m.shm[slot];
+	opts.workers = &m.shm[0].workers;
 	opts.master_fd = m.pipe_r;
 	code = worker_run(m.cfg, &opts);
 #ifdef STAGERELAY_DEBUG
@@ -507,6 +508,7 @@ set_workers(int n, const char *why)
 		retire(i);
 	if (n != m.workers) {
 		m.workers = n;
+		m.shm[0].workers = n;
 		snprintf(w, sizeof(w), "%d", n);
 		log_event(LOG_INFO, "workers_changed", "workers", w,
 		    "reason", why, (const char *)NULL);
@@ -648,6 +650,7 @@ supervisor_run(struct config *cfg, const struct supervisor_opts *opts)
 	    PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (m.shm == MAP_FAILED)
 		fatal("master: mmap");
+	m.shm[0].workers = m.workers;	/* slot 0: the master's own */
 	if (pipe2(pfd, O_CLOEXEC) == -1)
 		fatal("master: pipe");
 	m.pipe_r = pfd[0];

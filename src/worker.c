@@ -5,12 +5,20 @@
  * filter, route, claim in the ledger, trigger concurrently, record the
  * outcomes in the ledger, dead-letter what cannot succeed, and acknowledge
  * only what the ledger (or the dead-letter stream) now accounts for.
+ *
+ * Around the rounds: entries that must be tried again are held in memory
+ * with a due time (the retry schedule) and their claim in the group is kept
+ * fresh; a sweeper reclaims entries other consumers left idle; a circuit
+ * breaker stops reading while the API keeps failing; entries delivered too
+ * often are dead-lettered as poison before they are processed again.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
 #endif
 
+#include <ctype.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +39,7 @@
 enum fate {
 	FATE_ACK = 0,		/* accounted for: XACK */
 	FATE_DEAD,		/* dead-letter, then XACK */
-	FATE_PENDING,		/* leave pending: retried later */
+	FATE_PENDING,		/* hold: tried again after retry_ms */
 	FATE_NOTE,		/* record observed, then XACK */
 	FATE_CLAIM		/* claim in the ledger, then trigger */
 };
@@ -47,9 +55,22 @@ struct item {
 	struct trigger_result	 res;
 	bool			 triggered;	/* a request was made */
 	enum fate		 fate;
+	long long		 retry_ms;	/* FATE_PENDING: hold this long */
 	const char		*outcome;	/* log msg: event_triggered, ... */
 	const char		*reason;	/* dlq_reason or filter reason */
 	char			 detail[512];
+};
+
+/* An entry waiting in this worker's pending list for its next round. */
+struct held {
+	struct stream_entry	*entry;		/* own copy */
+	long long		 due_ms;	/* CLOCK_MONOTONIC */
+};
+
+enum circuit_state {
+	CIRCUIT_CLOSED = 0,	/* requests flow */
+	CIRCUIT_OPEN,		/* no requests until until_ms */
+	CIRCUIT_HALF_OPEN	/* one probe at a time */
 };
 
 struct worker {
@@ -59,10 +80,34 @@ struct worker {
 	struct stream			*stream;
 	struct ledger			*ledger;
 	struct trigger			*trigger;
-	bool				 own_pending;	/* draining own PEL */
-	char				*pel_cursor;
 	bool				 trouble;	/* back off before the next read */
 	int				 backoff_ms;
+	bool				 redis_lost;	/* log when it is back */
+	bool				 ledger_lost;
+	uint64_t			 rng;
+
+	/* The retry schedule: entries held for a later round. */
+	struct held			*held;
+	size_t				 nheld;
+	size_t				 held_max;	/* stop reading new ones */
+	long long			 next_touch_ms;
+
+	/* Step 1 after a start: our own pending list, page by page. */
+	bool				 recovering;
+	struct stream_pending		*page;
+	int				 npage;
+	char				 page_after[64];
+
+	/* The XAUTOCLAIM sweeper. */
+	long long			 next_sweep_ms;
+	bool				 sweeping;
+	char				 sweep_cursor[48];
+
+	struct {
+		enum circuit_state	 state;
+		int			 failures;	/* consecutive transient */
+		long long		 until_ms;
+	} circuit;
 };
 
 char *
@@ -71,14 +116,25 @@ worker_consumer_name(const struct config *cfg, int slot)
 	return xasprintf("%s-%d", cfg->consumer_name, slot);
 }
 
-/* Sleeps up to ms, waking early when told to stop. */
 static void
-nap(const struct worker *w, int ms)
+beat(const struct worker *w)
+{
+	if (w->opts->shm != NULL)
+		w->opts->shm->heartbeat_ms = now_mono_ms();
+}
+
+/* Sleeps up to ms, waking early when told to stop; a nap is not a hang. */
+static void
+nap(const struct worker *w, long long ms)
 {
 	struct timespec ts = { 0, 50 * 1000000L };
 
-	for (int slept = 0; slept < ms && !*w->opts->stop; slept += 50)
+	for (long long slept = 0; slept < ms && !*w->opts->stop; slept += 50) {
+		if (ms - slept < 50)
+			ts.tv_nsec = (long)(ms - slept) * 1000000L;
 		nanosleep(&ts, NULL);
+		beat(w);
+	}
 }
 
 static void
@@ -87,14 +143,58 @@ trouble(struct worker *w)
 	w->trouble = true;
 }
 
-/* Capped exponential backoff for Redis/PostgreSQL trouble. */
+/*
+ * Capped exponential backoff for Redis/PostgreSQL trouble. The cap stays
+ * under claim_idle_ms so held entries are touched before a sweeper of
+ * another consumer could take them.
+ */
 static void
 back_off(struct worker *w)
 {
+	int cap = w->cfg->claim_idle_ms / 3;
+
+	if (cap > 30000)
+		cap = 30000;
+	if (cap < 250)
+		cap = 250;
 	w->backoff_ms = w->backoff_ms == 0 ? 250 : w->backoff_ms * 2;
-	if (w->backoff_ms > 30000)
-		w->backoff_ms = 30000;
+	if (w->backoff_ms > cap)
+		w->backoff_ms = cap;
 	nap(w, w->backoff_ms);
+}
+
+/* xorshift64*: jitter only, seeded per process. */
+static uint64_t
+rnd(struct worker *w)
+{
+	w->rng ^= w->rng >> 12;
+	w->rng ^= w->rng << 25;
+	w->rng ^= w->rng >> 27;
+	return w->rng * 2685821657736338717ULL;
+}
+
+/*
+ * The wait before retry number n (1-based): full jitter over an
+ * exponential ceiling, uniform in [0, min(cap, base * 2^(n-1))]; a
+ * Retry-After from the server is a floor. Both are capped.
+ */
+static long long
+retry_delay_ms(struct worker *w, int n, long retry_after_s)
+{
+	double cap = w->cfg->max_retry_delay_seconds * 1000.0;
+	double ceiling = w->cfg->retry_delay_seconds * 1000.0;
+	double d;
+
+	for (int i = 1; i < n && ceiling < cap; i++)
+		ceiling *= 2;
+	if (ceiling > cap)
+		ceiling = cap;
+	d = ceiling * (double)(rnd(w) >> 11) / (double)(1ULL << 53);
+	if (retry_after_s >= 0 && retry_after_s * 1000.0 > d)
+		d = retry_after_s * 1000.0;
+	if (d > cap)
+		d = cap;
+	return (long long)d;
 }
 
 static void
@@ -122,6 +222,16 @@ ack(struct item *it, const char *outcome, const char *reason)
 	it->reason = reason;
 }
 
+/* Not accounted for this round: held and tried again after ms. */
+static void
+defer(struct item *it, const char *outcome, const char *reason, long long ms)
+{
+	it->fate = FATE_PENDING;
+	it->outcome = outcome;
+	it->reason = reason;
+	it->retry_ms = ms;
+}
+
 /* Steps 2-4: decode and validate, filter, route and render. */
 static void
 prepare(struct worker *w, struct item *it)
@@ -132,8 +242,10 @@ prepare(struct worker *w, struct item *it)
 	char err[512];
 
 	if (it->entry->nfields == 0) {
-		/* Deleted (trimmed) while pending: nothing left to process. */
-		ack(it, "entry_lost", "deleted_before_processing");
+		/* Deleted (trimmed) while pending: only its id is left. */
+		dead(it, "lost", "entry deleted from the stream before it was "
+		    "processed");
+		it->outcome = "entry_lost";
 		return;
 	}
 	ce = cloudevent_decode(it->entry->fields, it->entry->nfields,
@@ -177,6 +289,7 @@ prepare(struct worker *w, struct item *it)
 	it->doc.route = route->name;
 	it->doc.method = it->req.method;
 	it->doc.url = it->req.url;
+	it->doc.retry_in_ms = -1;
 
 	if (!cfg->auto_process) {
 		it->fate = FATE_NOTE;
@@ -221,32 +334,43 @@ gather(struct item *items, size_t n, enum fate fate, struct ledger_doc *docs,
 	return k;
 }
 
+/* The ledger did not answer: nothing is acknowledged, all is held. */
+static void
+ledger_down(struct worker *w, struct item *items, const size_t *map, size_t k)
+{
+	for (size_t i = 0; i < k; i++)
+		defer(&items[map[i]], "event_deferred", "ledger_unavailable", 0);
+	w->ledger_lost = true;
+	trouble(w);
+}
+
 /* Step 5: one round trip claims every key of the batch. */
 static void
 claim(struct worker *w, struct item *items, size_t n, struct ledger_doc *docs,
     size_t *map)
 {
 	size_t k = gather(items, n, FATE_CLAIM, docs, map);
+	long long recheck;
 
 	if (k == 0)
 		return;
 	if (ledger_claim(w->ledger, docs, k, w->cfg->ledger.lease_seconds,
 	    w->cfg->deduplication_ttl_hours,
 	    w->cfg->check_already_processed) == -1) {
-		/* Unaccounted for: stays pending, read again after backoff. */
-		for (size_t i = 0; i < k; i++) {
-			items[map[i]].fate = FATE_PENDING;
-			items[map[i]].outcome = "event_deferred";
-			items[map[i]].reason = "ledger_unavailable";
-		}
-		trouble(w);
+		ledger_down(w, items, map, k);
 		return;
 	}
+	/* A live claim elsewhere: look again soon, or when its lease ends. */
+	recheck = (long long)(w->cfg->retry_delay_seconds * 1000);
+	if (recheck < 1000)
+		recheck = 1000;
 	for (size_t i = 0; i < k; i++) {
 		struct item *it = &items[map[i]];
 
 		it->doc.claim = docs[i].claim;
 		it->doc.attempts = docs[i].attempts;
+		it->doc.retries = docs[i].retries;
+		it->doc.wait_ms = docs[i].wait_ms;
 		memcpy(it->doc.prev_status, docs[i].prev_status,
 		    sizeof(it->doc.prev_status));
 		switch (docs[i].claim) {
@@ -256,12 +380,75 @@ claim(struct worker *w, struct item *items, size_t n, struct ledger_doc *docs,
 			ack(it, "event_duplicate", it->doc.prev_status);
 			break;
 		case LEDGER_BUSY:
-			it->fate = FATE_PENDING;
-			it->outcome = "event_busy";
-			it->reason = "claimed_by_another_consumer";
+			defer(it, "event_busy", "claimed_by_another_consumer",
+			    docs[i].wait_ms + 50 < recheck ?
+			    docs[i].wait_ms + 50 : recheck);
+			break;
+		case LEDGER_WAIT:
+			/* Failed earlier; the ledger keeps its schedule. */
+			defer(it, "event_retry_scheduled", "retry_not_due",
+			    docs[i].wait_ms + 10);
 			break;
 		}
 	}
+}
+
+/* The circuit breaker sees every response in order. */
+static void
+circuit_result(struct worker *w, bool transient)
+{
+	const struct config *cfg = w->cfg;
+	char n[16], secs[16];
+
+	if (!transient) {
+		w->circuit.failures = 0;
+		if (w->circuit.state != CIRCUIT_CLOSED) {
+			w->circuit.state = CIRCUIT_CLOSED;
+			log_event(LOG_INFO, "circuit_closed", "consumer",
+			    w->consumer, (const char *)NULL);
+		}
+		return;
+	}
+	w->circuit.failures++;
+	if (w->circuit.state == CIRCUIT_OPEN ||
+	    (w->circuit.state == CIRCUIT_CLOSED &&
+	    w->circuit.failures < cfg->circuit_breaker.failure_threshold))
+		return;
+	/* Threshold reached, or the probe failed: (re)open. */
+	w->circuit.state = CIRCUIT_OPEN;
+	w->circuit.until_ms = now_mono_ms() +
+	    (long long)cfg->circuit_breaker.open_seconds * 1000;
+	snprintf(n, sizeof(n), "%d", w->circuit.failures);
+	snprintf(secs, sizeof(secs), "%d", cfg->circuit_breaker.open_seconds);
+	log_event(LOG_WARN, "circuit_opened", "consumer", w->consumer,
+	    "consecutive_failures", n, "open_seconds", secs,
+	    (const char *)NULL);
+}
+
+/* A transient failure: retried on the schedule, or given up. */
+static void
+transient(struct worker *w, struct item *it, bool counted)
+{
+	const struct config *cfg = w->cfg;
+	const char *err = it->res.error ? it->res.error : "transient failure";
+	int retries = it->doc.retries + (counted ? 1 : 0);
+
+	if (!cfg->retry_failed) {
+		it->doc.status = LEDGER_DEAD;
+		dead(it, "retries_exhausted", "retry_failed is off: %s", err);
+		return;
+	}
+	if (retries > cfg->max_retries) {
+		it->doc.status = LEDGER_DEAD;
+		dead(it, "retries_exhausted", "gave up after %d retries "
+		    "(max_retries %d): %s", retries - 1, cfg->max_retries, err);
+		return;
+	}
+	it->doc.status = LEDGER_FAILED;
+	it->doc.count_retry = counted;
+	it->doc.retry_in_ms = retry_delay_ms(w, retries > 0 ? retries : 1,
+	    it->res.retry_after_s);
+	defer(it, "event_failed", "transient", it->doc.retry_in_ms);
 }
 
 /* Steps 6-7: trigger the owned requests concurrently and classify. */
@@ -271,10 +458,18 @@ trigger(struct worker *w, struct item *items, size_t n)
 	struct request *reqs;
 	struct trigger_result *res;
 	size_t *map, k = 0;
+	/* Probes of an open circuit do not use up an entry's retries. */
+	bool counted = w->circuit.state == CIRCUIT_CLOSED;
 
-	reqs = xcalloc(n, sizeof(*reqs));
-	res = xcalloc(n, sizeof(*res));
-	map = xcalloc(n, sizeof(*map));
+	for (size_t i = 0; i < n; i++)
+		if (items[i].fate == FATE_CLAIM)
+			k++;
+	if (k == 0)
+		return;
+	reqs = xcalloc(k, sizeof(*reqs));
+	res = xcalloc(k, sizeof(*res));
+	map = xcalloc(k, sizeof(*map));
+	k = 0;
 	for (size_t i = 0; i < n; i++) {
 		if (items[i].fate != FATE_CLAIM)
 			continue;
@@ -292,6 +487,8 @@ trigger(struct worker *w, struct item *items, size_t n)
 		it->doc.latency_ms = res[i].latency_ms;
 		it->doc.remote_job_id = res[i].remote_job_id;
 		it->doc.error = res[i].error;
+		it->doc.outcome = trigger_outcome_name(res[i].outcome);
+		circuit_result(w, res[i].outcome == TRIGGER_TRANSIENT);
 		switch (res[i].outcome) {
 		case TRIGGER_SUCCESS:
 			it->doc.status = LEDGER_TRIGGERED;
@@ -305,17 +502,7 @@ trigger(struct worker *w, struct item *items, size_t n)
 			    "permanent failure");
 			break;
 		case TRIGGER_TRANSIENT:
-			if (!w->cfg->retry_failed) {
-				it->doc.status = LEDGER_DEAD;
-				dead(it, "retries_exhausted",
-				    "retry_failed is off: %s", res[i].error ?
-				    res[i].error : "transient failure");
-				break;
-			}
-			it->doc.status = LEDGER_FAILED;
-			it->fate = FATE_PENDING;
-			it->outcome = "event_failed";
-			it->reason = "transient";
+			transient(w, it, counted);
 			break;
 		}
 	}
@@ -337,21 +524,14 @@ record(struct worker *w, struct item *items, size_t n, struct ledger_doc *docs,
 		docs[k] = items[i].doc;
 		map[k++] = i;
 	}
-	if (k == 0)
-		return;
-	if (ledger_record(w->ledger, docs, k) == 0)
+	if (k == 0 || ledger_record(w->ledger, docs, k) == 0)
 		return;
 	/*
 	 * Requests were made but not recorded: acknowledge nothing. The
-	 * entries are redelivered and re-triggered with the same
-	 * Idempotency-Key (DESIGN.md §3, crash windows).
+	 * entries are tried again with the same Idempotency-Key (DESIGN.md
+	 * §3, crash windows).
 	 */
-	for (size_t i = 0; i < k; i++) {
-		items[map[i]].fate = FATE_PENDING;
-		items[map[i]].outcome = "event_deferred";
-		items[map[i]].reason = "ledger_unavailable";
-	}
-	trouble(w);
+	ledger_down(w, items, map, k);
 }
 
 static void
@@ -362,17 +542,12 @@ note(struct worker *w, struct item *items, size_t n, struct ledger_doc *docs,
 
 	if (k == 0)
 		return;
-	if (ledger_note(w->ledger, docs, k) == 0) {
-		for (size_t i = 0; i < k; i++)
-			items[map[i]].fate = FATE_ACK;
+	if (ledger_note(w->ledger, docs, k) == -1) {
+		ledger_down(w, items, map, k);
 		return;
 	}
-	for (size_t i = 0; i < k; i++) {
-		items[map[i]].fate = FATE_PENDING;
-		items[map[i]].outcome = "event_deferred";
-		items[map[i]].reason = "ledger_unavailable";
-	}
-	trouble(w);
+	for (size_t i = 0; i < k; i++)
+		items[map[i]].fate = FATE_ACK;
 }
 
 static void
@@ -390,9 +565,8 @@ dead_letter(struct worker *w, struct item *items, size_t n)
 		dl.http_status = it->res.http_status;
 		if (stream_dead_letter(w->stream, it->entry, &dl) == 0)
 			continue;
-		it->fate = FATE_PENDING;
-		it->outcome = "event_deferred";
-		it->reason = "dead_letter_failed";
+		defer(it, "event_deferred", "dead_letter_failed", 0);
+		w->redis_lost = true;
 		trouble(w);
 	}
 }
@@ -408,9 +582,14 @@ acknowledge(struct worker *w, struct item *items, size_t n)
 		if (items[i].fate == FATE_ACK || items[i].fate == FATE_DEAD)
 			ids[k++] = items[i].entry->id;
 	if (k > 0 && stream_ack(w->stream, ids, k) == -1) {
-		/* Redelivered later, then found done in the ledger. */
+		/* Held and tried again: then found done and acknowledged. */
 		log_warnx("worker: XACK of %zu entries failed; they will be "
-		    "redelivered and found done", k);
+		    "tried again and found done", k);
+		for (size_t i = 0; i < n; i++)
+			if (items[i].fate == FATE_ACK ||
+			    items[i].fate == FATE_DEAD)
+				items[i].fate = FATE_PENDING;
+		w->redis_lost = true;
 		trouble(w);
 	}
 	free(ids);
@@ -419,7 +598,7 @@ acknowledge(struct worker *w, struct item *items, size_t n)
 static void
 log_outcome(struct worker *w, const struct item *it)
 {
-	char status[24], latency[32], attempts[16];
+	char status[24], latency[32], attempts[16], retry[24];
 	enum log_level lvl = LOG_INFO;
 
 	if (it->outcome == NULL)
@@ -428,7 +607,10 @@ log_outcome(struct worker *w, const struct item *it)
 	snprintf(latency, sizeof(latency), "%.1f", it->res.latency_ms);
 	snprintf(attempts, sizeof(attempts), "%d",
 	    it->doc.attempts + (it->triggered ? 1 : 0));
-	if (it->fate == FATE_DEAD || it->fate == FATE_PENDING)
+	snprintf(retry, sizeof(retry), "%lld", it->retry_ms);
+	if (it->fate == FATE_DEAD || (it->fate == FATE_PENDING &&
+	    it->triggered) || (it->fate == FATE_PENDING &&
+	    strcmp(it->outcome, "event_deferred") == 0))
 		lvl = LOG_WARN;
 	log_event(lvl, it->outcome,
 	    "entry_id", it->entry->id,
@@ -442,6 +624,7 @@ log_outcome(struct worker *w, const struct item *it)
 	    "http_status", it->triggered && it->res.http_status ? status : NULL,
 	    "latency_ms", it->triggered ? latency : NULL,
 	    "attempts", it->triggered ? attempts : NULL,
+	    "retry_in_ms", it->fate == FATE_PENDING ? retry : NULL,
 	    "reason", it->reason,
 	    "detail", it->fate == FATE_DEAD ? it->detail :
 		(it->res.error ? it->res.error : NULL),
@@ -449,16 +632,84 @@ log_outcome(struct worker *w, const struct item *it)
 	    (const char *)NULL);
 }
 
-static void
-process(struct worker *w, const struct stream_batch *batch)
+static struct held *
+find_held(struct worker *w, const char *id)
 {
-	size_t n = batch->n;
+	for (size_t i = 0; i < w->nheld; i++)
+		if (strcmp(w->held[i].entry->id, id) == 0)
+			return &w->held[i];
+	return NULL;
+}
+
+/* Holds a copy of e, due in ms; an entry already held is rescheduled. */
+static void
+hold(struct worker *w, const struct stream_entry *e, long long ms)
+{
+	struct held *h;
+
+	if ((h = find_held(w, e->id)) != NULL) {
+		h->due_ms = now_mono_ms() + ms;
+		return;
+	}
+	w->held = xreallocarray(w->held, w->nheld + 1, sizeof(*w->held));
+	h = &w->held[w->nheld++];
+	h->entry = stream_entry_dup(e);
+	h->due_ms = now_mono_ms() + ms;
+}
+
+static long long
+next_due(const struct worker *w)
+{
+	long long due = -1;
+
+	for (size_t i = 0; i < w->nheld; i++)
+		if (due < 0 || w->held[i].due_ms < due)
+			due = w->held[i].due_ms;
+	return due;
+}
+
+/*
+ * Takes up to max held entries due by now (oldest due first is not
+ * needed: a round takes them all). With probe, the one due soonest,
+ * whether due or not. Caller frees the entries.
+ */
+static size_t
+take_due(struct worker *w, long long now, size_t max, bool probe,
+    struct stream_entry **out)
+{
+	size_t k = 0, i = 0;
+
+	if (probe && w->nheld > 0) {
+		size_t best = 0;
+
+		for (i = 1; i < w->nheld; i++)
+			if (w->held[i].due_ms < w->held[best].due_ms)
+				best = i;
+		out[k++] = w->held[best].entry;
+		w->held[best] = w->held[--w->nheld];
+		return k;
+	}
+	while (i < w->nheld && k < max) {
+		if (w->held[i].due_ms > now) {
+			i++;
+			continue;
+		}
+		out[k++] = w->held[i].entry;
+		w->held[i] = w->held[--w->nheld];
+	}
+	return k;
+}
+
+/* Runs one round over entries (steps 2-9), then holds what is left. */
+static void
+process(struct worker *w, const struct stream_entry *entries, size_t n)
+{
 	struct item *items = xcalloc(n, sizeof(*items));
 	struct ledger_doc *docs = xcalloc(n, sizeof(*docs));
 	size_t *map = xcalloc(n, sizeof(*map));
 
 	for (size_t i = 0; i < n; i++) {
-		items[i].entry = &batch->entries[i];
+		items[i].entry = &entries[i];
 		items[i].res.retry_after_s = -1;
 		prepare(w, &items[i]);			/* steps 2-4 */
 	}
@@ -471,6 +722,8 @@ process(struct worker *w, const struct stream_batch *batch)
 	acknowledge(w, items, n);			/* step 9 */
 
 	for (size_t i = 0; i < n; i++) {
+		if (items[i].fate == FATE_PENDING)
+			hold(w, items[i].entry, items[i].retry_ms);
 		log_outcome(w, &items[i]);
 		if (items[i].decoded)
 			cloudevent_free(&items[i].ev);
@@ -483,16 +736,370 @@ process(struct worker *w, const struct stream_batch *batch)
 	free(map);
 }
 
+/* Redis or the group failed us: reconnect (or re-create) and go on. */
+static void
+redis_trouble(struct worker *w, int err)
+{
+	if (err == STREAM_NOGROUP) {
+		/* Stage 1's EXPIRE (or a DEL) took the group along. */
+		int r = stream_create_group(w->stream, true);
+
+		log_event(LOG_WARN, "group_recreated",
+		    "stream", w->cfg->source_stream,
+		    "group", w->cfg->consumer_group,
+		    "result", r >= 0 ? "ok" : "failed",
+		    (const char *)NULL);
+		/* The old pending list went with it; held copies remain. */
+		w->recovering = false;
+		w->sweeping = false;
+		if (r >= 0)
+			return;
+	}
+	w->redis_lost = true;
+	trouble(w);
+}
+
+/*
+ * Entries delivered more than max_deliveries times keep stopping the
+ * worker that processes them: dead-lettered untouched, acknowledged, and
+ * only then (when it is safe to fail) marked dead in the ledger.
+ */
+static void
+poison(struct worker *w, const struct stream_entry *entries,
+    const long long *deliveries, size_t n)
+{
+	const char **ids = xcalloc(n, sizeof(*ids));
+	struct ledger_doc *docs = xcalloc(n, sizeof(*docs));
+	struct item *items = xcalloc(n, sizeof(*items));
+	char times[24], detail[256];
+	size_t k = 0, nd = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		struct dead_letter dl = { "poison", detail, 0, 0 };
+
+		snprintf(detail, sizeof(detail), "delivered %lld times "
+		    "(max_deliveries %d) without being acknowledged; not "
+		    "processed again", deliveries[i], w->cfg->max_deliveries);
+		if (stream_dead_letter(w->stream, &entries[i], &dl) == -1) {
+			w->redis_lost = true;
+			trouble(w);
+			break;		/* still pending: next start or sweep */
+		}
+		ids[k++] = entries[i].id;
+		snprintf(times, sizeof(times), "%lld", deliveries[i]);
+		log_event(LOG_WARN, "event_dead_lettered",
+		    "entry_id", entries[i].id, "reason", "poison",
+		    "deliveries", times, "consumer", w->consumer,
+		    (const char *)NULL);
+	}
+	if (k > 0 && stream_ack(w->stream, ids, k) == -1) {
+		w->redis_lost = true;
+		trouble(w);
+		k = 0;
+	}
+	/* Acknowledged: now the entry may be decoded to name its document. */
+	for (size_t i = 0; i < k; i++) {
+		struct item *it = &items[i];
+
+		it->entry = &entries[i];
+		prepare(w, it);
+		if (!it->rendered)
+			continue;
+		it->doc.error = "poison: delivered too often without being "
+		    "acknowledged";
+		docs[nd++] = it->doc;
+	}
+	if (nd > 0 && ledger_bury(w->ledger, docs, nd) == -1)
+		log_warnx("worker: poison entries dead-lettered, but the ledger "
+		    "could not mark their documents dead");
+	for (size_t i = 0; i < k; i++) {
+		if (items[i].decoded)
+			cloudevent_free(&items[i].ev);
+		if (items[i].rendered)
+			request_free(&items[i].req);
+	}
+	free(items);
+	free(docs);
+	free(ids);
+}
+
+/* Ids Redis dropped from a pending list: deleted before anyone read them. */
+static void
+lost(struct worker *w, const struct stream_ids *ids)
+{
+	for (size_t i = 0; i < ids->n; i++) {
+		struct stream_entry e = { ids->ids[i], NULL, 0 };
+		struct dead_letter dl = { "lost", "entry deleted from the "
+		    "stream before it was processed (XAUTOCLAIM)", 0, 0 };
+
+		log_event(LOG_WARN, "entry_lost", "entry_id", e.id,
+		    "consumer", w->consumer, (const char *)NULL);
+		if (stream_dead_letter(w->stream, &e, &dl) == -1)
+			log_warnx("worker: could not note lost entry %s in the "
+			    "dead-letter stream", e.id);
+	}
+}
+
+/*
+ * Splits claimed entries into poison (deliveries over the limit) and the
+ * rest, processed as a round. deliveries[i] is what Redis counts now.
+ */
+static void
+triage(struct worker *w, const struct stream_batch *b,
+    const struct stream_pending *p, int np, long long limit)
+{
+	struct stream_entry *ok = xcalloc(b->n + 1, sizeof(*ok));
+	struct stream_entry *bad = xcalloc(b->n + 1, sizeof(*bad));
+	long long *times = xcalloc(b->n + 1, sizeof(*times));
+	size_t nok = 0, nbad = 0;
+
+	for (size_t i = 0; i < b->n; i++) {
+		long long d = 1;
+
+		for (int j = 0; j < np; j++)
+			if (strcmp(p[j].id, b->entries[i].id) == 0)
+				d = p[j].deliveries;
+		if (d > limit) {
+			times[nbad] = d;
+			bad[nbad++] = b->entries[i];
+		} else
+			ok[nok++] = b->entries[i];
+	}
+	if (nbad > 0)
+		poison(w, bad, times, nbad);
+	if (nok > 0)
+		process(w, ok, nok);
+	free(ok);
+	free(bad);
+	free(times);
+}
+
+/*
+ * Step 1: our own pending list, left by the process that had our consumer
+ * name before us. XPENDING tells how often each entry was delivered, and
+ * nothing is read with XREADGROUP, which would count a delivery for the
+ * whole page. Entries delivered once are processed in batches; entries
+ * delivered before (their worker died on them, perhaps) one at a time, so
+ * an entry that kills its worker is the only one whose count keeps
+ * rising until it reaches max_deliveries and is dead-lettered as poison.
+ */
+static void
+recover_step(struct worker *w)
+{
+	const char **ids;
+	struct stream_batch b;
+	struct stream_pending *picked;
+	size_t k = 0;
+	int n;
+
+	if (w->npage == 0) {
+		free(w->page);
+		w->page = NULL;
+		n = stream_pending_own(w->stream, w->page_after, "+",
+		    w->cfg->batch_size * 4, &w->page);
+		if (n < 0) {
+			redis_trouble(w, n);
+			return;
+		}
+		if (n == 0) {
+			w->recovering = false;	/* drained: read new entries */
+			return;
+		}
+		w->npage = n;
+		snprintf(w->page_after, sizeof(w->page_after), "(%s",
+		    w->page[n - 1].id);
+	}
+	ids = xcalloc((size_t)w->npage, sizeof(*ids));
+	picked = xcalloc((size_t)w->npage, sizeof(*picked));
+	/* Poison, and the once-delivered, up to a batch. */
+	for (int i = 0; i < w->npage; i++) {
+		struct stream_pending *p = &w->page[i];
+
+		if (p->deliveries < 0)		/* taken already */
+			continue;
+		if (p->deliveries >= w->cfg->max_deliveries ||
+		    (p->deliveries <= 1 && k < (size_t)w->cfg->batch_size)) {
+			picked[k] = *p;
+			ids[k++] = p->id;
+			p->deliveries = -1;
+		}
+	}
+	/* None of those: one suspect, alone. */
+	for (int i = 0; k == 0 && i < w->npage; i++) {
+		if (w->page[i].deliveries < 0)
+			continue;
+		picked[k] = w->page[i];
+		ids[k++] = w->page[i].id;
+		w->page[i].deliveries = -1;
+	}
+	if (k == 0) {
+		w->npage = 0;		/* page done: next one */
+		goto out;
+	}
+	/* Counted as a delivery now, so a crash in this round counts. */
+	if ((n = stream_claim(w->stream, ids, k, &b)) < 0) {
+		for (int i = 0; i < w->npage; i++)	/* redo the page */
+			for (size_t j = 0; j < k; j++)
+				if (strcmp(w->page[i].id, picked[j].id) == 0)
+					w->page[i].deliveries =
+					    picked[j].deliveries;
+		redis_trouble(w, n);
+		goto out;
+	}
+	if (n > 0) {
+		/* Delivered once more by the claim: count it as such. */
+		for (size_t j = 0; j < k; j++)
+			picked[j].deliveries++;
+		triage(w, &b, picked, (int)k, w->cfg->max_deliveries);
+	}
+	stream_batch_free(&b);
+out:
+	free(ids);
+	free(picked);
+}
+
+/*
+ * One XAUTOCLAIM page: entries another consumer left idle for
+ * claim_idle_ms (it died, hangs, or its slot is gone) become ours and go
+ * through the normal round; the ledger decides whether they are still
+ * owed. Entries we hold ourselves are only kept, not processed twice.
+ */
+static void
+sweep_step(struct worker *w)
+{
+	struct stream_batch b, mine;
+	struct stream_ids deleted;
+	struct stream_pending *p = NULL;
+	char next[48], count[16];
+	int n, np = 0;
+
+	n = stream_autoclaim(w->stream, w->sweep_cursor, w->cfg->batch_size,
+	    &b, next, sizeof(next), &deleted);
+	if (n < 0) {
+		w->sweeping = false;
+		redis_trouble(w, n);
+		return;
+	}
+	lost(w, &deleted);
+	stream_ids_free(&deleted);
+	memset(&mine, 0, sizeof(mine));
+	mine.entries = xcalloc(b.n + 1, sizeof(*mine.entries));
+	for (size_t i = 0; i < b.n; i++)
+		if (find_held(w, b.entries[i].id) == NULL)
+			mine.entries[mine.n++] = b.entries[i];
+	if (mine.n > 0) {
+		snprintf(count, sizeof(count), "%zu", mine.n);
+		log_event(LOG_INFO, "entries_reclaimed", "count", count,
+		    "first_id", mine.entries[0].id,
+		    "last_id", mine.entries[mine.n - 1].id,
+		    "consumer", w->consumer, (const char *)NULL);
+		np = stream_pending_own(w->stream, mine.entries[0].id,
+		    mine.entries[mine.n - 1].id, (int)b.n + 16, &p);
+		triage(w, &mine, p, np > 0 ? np : 0, w->cfg->max_deliveries);
+	}
+	free(mine.entries);
+	free(p);
+	stream_batch_free(&b);
+	strlcpy_s(w->sweep_cursor, next, sizeof(w->sweep_cursor));
+	if (strcmp(next, "0-0") == 0)
+		w->sweeping = false;
+}
+
+/*
+ * Consumers of slots that no longer exist (fewer workers now) are removed
+ * once their pending list is empty, which the sweepers see to. Only slot 1
+ * does this, and only for names of our own <consumer_name>-<slot> form.
+ */
+static void
+retire_consumers(struct worker *w)
+{
+	struct stream_consumer *c;
+	size_t plen = strlen(w->cfg->consumer_name);
+	int n;
+
+	if (w->opts->slot != 1 || w->opts->workers == NULL)
+		return;
+	if ((n = stream_consumers(w->stream, &c)) < 0) {
+		redis_trouble(w, n);
+		return;
+	}
+	for (int i = 0; i < n; i++) {
+		const char *name = c[i].name, *p;
+		long slot;
+
+		if (strncmp(name, w->cfg->consumer_name, plen) != 0 ||
+		    name[plen] != '-' || !isdigit((unsigned char)name[plen + 1]))
+			continue;
+		for (p = name + plen + 1; isdigit((unsigned char)*p); p++)
+			;
+		slot = strtol(name + plen + 1, NULL, 10);
+		if (*p != '\0' || slot <= *w->opts->workers ||
+		    c[i].pending != 0 || c[i].idle_ms < w->cfg->claim_idle_ms)
+			continue;
+		if (stream_remove_consumer(w->stream, name) == 1)
+			log_event(LOG_INFO, "consumer_removed", "name", name,
+			    "reason", "slot_gone", (const char *)NULL);
+	}
+	stream_consumers_free(c, n);
+}
+
+/*
+ * Keeps our claim on held entries fresh (XCLAIM ... JUSTID to ourselves)
+ * so no sweeper takes an entry that only waits for its retry. Only
+ * entries still in our own pending list are touched: one another consumer
+ * took meanwhile is not taken back.
+ */
+static void
+touch(struct worker *w)
+{
+	struct stream_pending *p;
+	const char **ids;
+	size_t k = 0;
+	int n;
+
+	if (w->nheld == 0)
+		return;
+	n = stream_pending_own(w->stream, "-", "+", (int)w->nheld + 64, &p);
+	if (n < 0) {
+		redis_trouble(w, n);
+		return;
+	}
+	ids = xcalloc(w->nheld, sizeof(*ids));
+	for (int i = 0; i < n; i++)
+		if (find_held(w, p[i].id) != NULL)
+			ids[k++] = find_held(w, p[i].id)->entry->id;
+	if (k > 0 && (n = stream_touch(w->stream, ids, k)) < 0)
+		redis_trouble(w, n);
+	free(ids);
+	free(p);
+}
+
 static int
 connect_all(struct worker *w)
 {
 	static bool migrated;
 	int r;
 
-	if (!stream_connected(w->stream) && stream_connect(w->stream) == -1)
-		return -1;
-	if (!ledger_connected(w->ledger) && ledger_connect(w->ledger) == -1)
-		return -1;
+	if (!stream_connected(w->stream)) {
+		if (stream_connect(w->stream) == -1)
+			return -1;
+		if (w->redis_lost)
+			log_event(LOG_INFO, "connection_restored", "service",
+			    "redis", "consumer", w->consumer,
+			    (const char *)NULL);
+	}
+	w->redis_lost = false;
+	if (!ledger_connected(w->ledger)) {
+		if (ledger_connect(w->ledger) == -1) {
+			w->ledger_lost = true;
+			return -1;
+		}
+		if (w->ledger_lost)
+			log_event(LOG_INFO, "connection_restored", "service",
+			    "postgresql", "consumer", w->consumer,
+			    (const char *)NULL);
+	}
+	w->ledger_lost = false;
 	/* Every worker migrates once; the advisory lock serialises them. */
 	if (!migrated) {
 		if (ledger_migrate(w->ledger) < 0)
@@ -508,7 +1115,7 @@ connect_all(struct worker *w)
 		    "group", w->cfg->consumer_group,
 		    "start", w->cfg->process_backlog ? "0" : "$",
 		    (const char *)NULL);
-	return 0;
+	return stream_create_consumer(w->stream) == 0 ? 0 : -1;
 }
 
 /* The master holds the pipe's write end: EOF means it died. */
@@ -525,11 +1132,55 @@ master_gone(const struct worker_opts *opts)
 	return poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLHUP | POLLIN));
 }
 
-static void
-set_cursor(struct worker *w, const char *id)
+/* Held entries due now (one probe when half open): a round of their own. */
+static bool
+run_due(struct worker *w, long long now)
 {
-	free(w->pel_cursor);
-	w->pel_cursor = xstrdup(id);
+	struct stream_entry **due, *batch;
+	bool probe = w->circuit.state == CIRCUIT_HALF_OPEN;
+	size_t k;
+
+	if (w->nheld == 0 || w->circuit.state == CIRCUIT_OPEN)
+		return false;
+	due = xcalloc((size_t)w->cfg->batch_size, sizeof(*due));
+	k = take_due(w, now, (size_t)w->cfg->batch_size, probe, due);
+	if (k > 0) {
+		batch = xcalloc(k, sizeof(*batch));
+		for (size_t i = 0; i < k; i++)
+			batch[i] = *due[i];
+		process(w, batch, k);
+		free(batch);
+		for (size_t i = 0; i < k; i++)
+			free(due[i]);
+	}
+	free(due);
+	return k > 0;
+}
+
+/* An open circuit whose time is up lets one probe through. */
+static void
+circuit_tick(struct worker *w, long long now)
+{
+	if (w->circuit.state != CIRCUIT_OPEN || now < w->circuit.until_ms)
+		return;
+	w->circuit.state = CIRCUIT_HALF_OPEN;
+	log_event(LOG_INFO, "circuit_half_open", "consumer", w->consumer,
+	    (const char *)NULL);
+}
+
+/* How long the next blocking read may wait, in ms; -1: do not block. */
+static int
+read_block_ms(const struct worker *w, long long now)
+{
+	long long block = w->cfg->poll_interval_ms, due;
+
+	if ((due = next_due(w)) >= 0 && due - now < block)
+		block = due - now;
+	if (w->next_touch_ms - now < block && w->nheld > 0)
+		block = w->next_touch_ms - now;
+	if (w->next_sweep_ms - now < block)
+		block = w->next_sweep_ms - now;
+	return block <= 0 ? -1 : (int)block;	/* BLOCK 0 would wait forever */
 }
 
 int
@@ -538,6 +1189,7 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 	struct worker w;
 	struct stream_batch batch;
 	bool connected = false, ever_connected = false;
+	long long now, touch_every;
 	long left;
 	char pend[24];
 	int n, code = 0;
@@ -550,15 +1202,21 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 	w.ledger = ledger_new(cfg->ledger.dsn, cfg->ledger.schema,
 	    cfg->consumer_group, w.consumer, cfg->source_stream);
 	w.trigger = trigger_new(cfg);
-	w.own_pending = true;		/* step 1: own pending list first */
-	set_cursor(&w, "0");
+	w.rng = ((uint64_t)getpid() << 32) ^ (uint64_t)now_wall_ms() ^
+	    0x9e3779b97f4a7c15ULL;
+	w.held_max = (size_t)cfg->batch_size * 10 > 100 ?
+	    (size_t)cfg->batch_size * 10 : 100;
+	w.recovering = true;		/* step 1: own pending list first */
+	strlcpy_s(w.page_after, "-", sizeof(w.page_after));
+	touch_every = cfg->claim_idle_ms / 3 > 100 ? cfg->claim_idle_ms / 3 : 100;
+	w.next_touch_ms = now_mono_ms() + touch_every;
+	w.next_sweep_ms = now_mono_ms() + cfg->claim_interval_ms;
 
 	log_event(LOG_INFO, "worker_started", "consumer", w.consumer,
 	    "stream", cfg->source_stream, "group", cfg->consumer_group,
 	    (const char *)NULL);
 	while (!*opts->stop) {
-		if (opts->shm != NULL)
-			opts->shm->heartbeat_ms = now_mono_ms();
+		beat(&w);
 		if (master_gone(opts)) {
 			log_warnx("worker: the master is gone; exiting");
 			break;
@@ -571,13 +1229,11 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 		if (w.trouble) {
 			back_off(&w);
 			w.trouble = false;
-			/* Whatever was left pending is ours to read again. */
-			w.own_pending = true;
-			set_cursor(&w, "0");
 			if (*opts->stop)
 				break;
 		}
-		if (!connected) {
+		if (!connected || !stream_connected(w.stream) ||
+		    !ledger_connected(w.ledger)) {
 			if (connect_all(&w) == -1) {
 				/*
 				 * Supervised, a worker that never connected
@@ -596,46 +1252,64 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 			if (opts->shm != NULL)
 				opts->shm->connected = 1;
 		}
-		if (w.own_pending)
-			n = stream_read(w.stream, w.pel_cursor, cfg->batch_size,
-			    -1, &batch);
-		else
-			n = stream_read(w.stream, ">", cfg->batch_size,
-			    cfg->poll_interval_ms, &batch);
-		if (n == STREAM_NOGROUP) {
-			/* Stage 1's EXPIRE (or a DEL) took the group along. */
-			int r = stream_create_group(w.stream, true);
-
-			log_event(LOG_WARN, "group_recreated",
-			    "stream", cfg->source_stream,
-			    "group", cfg->consumer_group,
-			    "result", r >= 0 ? "ok" : "failed",
-			    (const char *)NULL);
-			if (r < 0)
-				trouble(&w);
-			w.own_pending = true;
-			set_cursor(&w, "0");
+		now = now_mono_ms();
+		if (now >= w.next_touch_ms) {
+			touch(&w);
+			w.next_touch_ms = now + touch_every;
+		}
+		circuit_tick(&w, now);
+		if (w.recovering) {
+			recover_step(&w);
 			continue;
 		}
+		if (w.sweeping || (now >= w.next_sweep_ms &&
+		    w.circuit.state == CIRCUIT_CLOSED)) {
+			if (!w.sweeping) {
+				w.sweeping = true;
+				strlcpy_s(w.sweep_cursor, "0-0",
+				    sizeof(w.sweep_cursor));
+			}
+			sweep_step(&w);
+			if (!w.sweeping) {
+				retire_consumers(&w);
+				w.next_sweep_ms = now_mono_ms() +
+				    cfg->claim_interval_ms;
+			}
+			continue;
+		}
+		if (run_due(&w, now))
+			continue;
+		if (w.circuit.state == CIRCUIT_OPEN) {
+			if (opts->drain)
+				break;		/* an outage ends a drain run */
+			nap(&w, w.circuit.until_ms - now < cfg->poll_interval_ms ?
+			    w.circuit.until_ms - now : cfg->poll_interval_ms);
+			continue;
+		}
+		if (w.nheld >= w.held_max ||
+		    (w.circuit.state == CIRCUIT_HALF_OPEN && w.nheld > 0)) {
+			/* Back-pressure: finish what is held first. */
+			n = read_block_ms(&w, now);
+			nap(&w, n < 0 ? 1 : n);
+			continue;
+		}
+		n = stream_read(w.stream, ">",
+		    w.circuit.state == CIRCUIT_HALF_OPEN ? 1 : cfg->batch_size,
+		    read_block_ms(&w, now), &batch);
 		if (n < 0) {
-			connected = false;
-			trouble(&w);
+			if (n != STREAM_NOGROUP)
+				connected = false;
+			redis_trouble(&w, n);
 			continue;
 		}
 		w.backoff_ms = 0;
 		if (n == 0) {
 			stream_batch_free(&batch);
-			if (w.own_pending) {
-				w.own_pending = false;	/* own list drained */
-				continue;
-			}
-			if (opts->drain)
+			if (opts->drain && w.nheld == 0)
 				break;
 			continue;
 		}
-		if (w.own_pending)
-			set_cursor(&w, batch.entries[batch.n - 1].id);
-		process(&w, &batch);
+		process(&w, batch.entries, batch.n);
 		stream_batch_free(&batch);
 	}
 
@@ -645,10 +1319,13 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 	snprintf(pend, sizeof(pend), "%ld", left);
 	log_event(LOG_INFO, "worker_stopped", "consumer", w.consumer,
 	    "pending", left >= 0 ? pend : "unknown", (const char *)NULL);
+	for (size_t i = 0; i < w.nheld; i++)
+		free(w.held[i].entry);
+	free(w.held);
+	free(w.page);
 	stream_free(w.stream);
 	ledger_free(w.ledger);
 	trigger_free(w.trigger);
-	free(w.pel_cursor);
 	free(w.consumer);
 	return code;
 }

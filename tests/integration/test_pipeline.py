@@ -314,41 +314,57 @@ TRANSIENT_CASES = [
 
 @pytest.mark.parametrize("kind,behaviour,overrides,error",
                          TRANSIENT_CASES, ids=[c[0] for c in TRANSIENT_CASES])
-def test_transient_failure_leaves_the_entry_pending(env, kind, behaviour,
-                                                     overrides, error):
+def test_transient_failure_is_retried_then_dead_lettered(env, kind, behaviour,
+                                                        overrides, error):
+    """max_retries retries, each with the same Idempotency-Key, then the
+    entry is dead-lettered; a Retry-After above the cap waits the cap."""
     env.mock.behaviour(**behaviour)
     pub = env.publisher.document_cleaned("doc-tr", "the API is down")
 
-    r = env.drain(expect=EXIT_PENDING, **overrides)
+    r = env.drain(max_retries=2, retry_delay_seconds=0.05,
+                  max_retry_delay_seconds=0.2, **overrides)
 
-    assert len(env.requests()) >= 1
-    assert env.pending() == 1
-    pending = env.redis.xpending_range(STREAM, GROUP, "-", "+", 10)
-    assert [p["message_id"].decode() for p in pending] == [pub.entry_id]
-    assert pending[0]["consumer"] == WORKER.encode()
+    reqs = env.requests()
+    assert [q["headers"]["idempotency-key"] for q in reqs] == ["doc-tr"] * 3
+    assert env.pending() == 0
     row = env.row("doc-tr")
-    assert row["status"] == "failed"
-    assert row["last_error"], row
+    assert row["status"] == "dead"
+    assert (row["attempts"], row["retries"]) == (3, 2)
     assert re.search(error, row["last_error"], re.I), row["last_error"]
-    assert env.dead_letters() == []
-    assert r.log("event_failed", event_id=pub.id)
-    assert all(d["outcome"] == "transient" for d in env.deliveries())
+    dls = env.dead_letters()
+    assert len(dls) == 1
+    fields = assert_dead_letter(dls[0], pub, "retries_exhausted")
+    assert fields[b"dlq_attempts"] == b"3"
+    assert len(r.log("event_failed")) == 2
+    assert r.log("event_dead_lettered", event_id=pub.id,
+                 reason="retries_exhausted")
+    assert [d["outcome"] for d in env.deliveries()] == ["transient"] * 3
 
 
-def test_unreachable_api_leaves_entries_pending(env):
+def test_an_outage_opens_the_circuit_and_ends_a_drain(env):
+    """Connection refused: after failure_threshold failures the circuit
+    opens; a drain run stops there and leaves the entries pending (not
+    dead-lettered), their retry scheduled in the ledger."""
     import servers
     closed = servers.free_port()          # nothing listens there
-    pub = env.publisher.document_cleaned("doc-unreach", "nobody home")
+    pubs = [env.publisher.document_cleaned("doc-unreach-%d" % i, "nobody")
+            for i in range(3)]
 
-    r = env.drain(expect=EXIT_PENDING,
+    r = env.drain(expect=EXIT_PENDING, batch_size=1,
+                  circuit_breaker={"failure_threshold": 2, "open_seconds": 30},
                   nlp_api={"base_url": "http://127.0.0.1:%d" % closed})
 
-    assert env.pending() == 1
-    row = env.row("doc-unreach")
-    assert row["status"] == "failed"
-    assert row["last_error"]
+    assert r.log("circuit_opened", consumer=WORKER, consecutive_failures="2")
+    # Two entries were tried; the third was never read.
+    assert env.pending() == 2
+    assert len(env.redis.xreadgroup(GROUP, "probe", {STREAM: ">"})[0][1]) == 1
+    for p in pubs[:2]:
+        row = env.row(p.data["document_id"])
+        assert row["status"] == "failed"
+        assert row["last_error"]
+        assert row["retry_at"] is not None
     assert env.dead_letters() == []
-    assert r.log("event_failed", event_id=pub.id)
+    assert r.log("event_failed", event_id=pubs[0].id)
 
 
 def test_retry_failed_false_dead_letters_the_first_transient_failure(env):
@@ -369,10 +385,13 @@ def test_retry_failed_false_dead_letters_the_first_transient_failure(env):
 
 def test_entry_left_pending_is_triggered_by_the_next_run(env):
     """A restarted worker (same consumer name) drains its own pending list
-    first and re-sends with the same Idempotency-Key."""
-    env.mock.behaviour(status=503, count=1)
+    first, waits for the retry time the ledger kept, and re-sends with the
+    same Idempotency-Key."""
+    env.mock.behaviour(status=503, count=1, retry_after=1)
     pub = env.publisher.document_cleaned("doc-again", "second time lucky")
-    config = env.write_config()
+    config = env.write_config(
+        circuit_breaker={"failure_threshold": 1, "open_seconds": 30},
+        retry_delay_seconds=0.01)
 
     env.drain(config, expect=EXIT_PENDING)
     assert env.pending() == 1

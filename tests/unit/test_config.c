@@ -225,9 +225,6 @@ START_TEST(test_advanced_values_and_pending)
 		const char	*what;
 	} want[] = {
 		{ "event_consumer.batch_mode", 18, "batch routes" },
-		{ "event_consumer.max_retries", 25, "the retry schedule" },
-		{ "event_consumer.retry_delay_seconds", 26,
-		    "the retry schedule" },
 		{ "event_consumer.backlog_batch_size", 30, "process-backlog" },
 		{ "event_consumer.backlog_max_age_hours", 31,
 		    "process-backlog" },
@@ -262,6 +259,9 @@ START_TEST(test_advanced_values_and_pending)
 	ck_assert_ptr_null(find_pending(&c, "event_consumer.poll_interval_ms"));
 	ck_assert_ptr_null(find_pending(&c, "event_consumer.batch_size"));
 	ck_assert_ptr_null(find_pending(&c, "event_consumer.retry_failed"));
+	ck_assert_ptr_null(find_pending(&c, "event_consumer.max_retries"));
+	ck_assert_ptr_null(find_pending(&c,
+	    "event_consumer.retry_delay_seconds"));
 	config_free(&c);
 }
 END_TEST
@@ -284,9 +284,10 @@ START_TEST(test_pending_nested_keys)
 	    "      documents_file: \"{{data.output_location}}\"\n"
 	    "      body: {}\n", &c) == 0, "%s", err);
 	ck_assert_int_eq(c.circuit_breaker.failure_threshold, 3);
-	ck_assert_ptr_nonnull(find_pending(&c,
+	/* The circuit breaker is in effect: no warning. */
+	ck_assert_ptr_null(find_pending(&c,
 	    "event_consumer.circuit_breaker.failure_threshold"));
-	ck_assert_ptr_nonnull(find_pending(&c,
+	ck_assert_ptr_null(find_pending(&c,
 	    "event_consumer.circuit_breaker.open_seconds"));
 	/* The supervisor honours these: no warning. */
 	ck_assert_ptr_null(find_pending(&c,
@@ -295,7 +296,7 @@ START_TEST(test_pending_nested_keys)
 	ck_assert_ptr_nonnull(find_pending(&c, "event_consumer.shared_dir"));
 	ck_assert_int_eq(find_pending(&c,
 	    "event_consumer.routes[0].documents_file")->line, 11);
-	ck_assert_uint_eq(c.npending, 5);
+	ck_assert_uint_eq(c.npending, 3);
 	config_free(&c);
 }
 END_TEST
@@ -307,7 +308,7 @@ START_TEST(test_warn_pending_logs)
 	size_t cap = 0;
 	FILE *f;
 
-	ck_assert_msg(load("event_consumer:\n  max_retries: 5\n", &c) == 0,
+	ck_assert_msg(load("event_consumer:\n  backlog_batch_size: 5\n", &c) == 0,
 	    "%s", err);
 	log_init("test", LOG_INFO, LOG_FMT_LOGFMT, logpath);
 	config_warn_pending(&c);
@@ -316,8 +317,8 @@ START_TEST(test_warn_pending_logs)
 	ck_assert_ptr_nonnull(f);
 	ck_assert_int_gt(getdelim(&text, &cap, '\0', f), 0);
 	fclose(f);
-	ck_assert_msg(strstr(text, "config: event_consumer.max_retries "
-	    "(line 2) accepted, not yet in effect: the retry schedule arrives "
+	ck_assert_msg(strstr(text, "config: event_consumer.backlog_batch_size "
+	    "(line 2) accepted, not yet in effect: process-backlog arrives "
 	    "in a later release") != NULL, "log: %s", text);
 	free(text);
 	unlink(logpath);
