@@ -669,9 +669,9 @@ next_due(const struct worker *w)
 }
 
 /*
- * Takes up to max held entries due by now (oldest due first is not
- * needed: a round takes them all). With probe, the one due soonest,
- * whether due or not. Caller frees the entries.
+ * Takes up to max held entries due by now (their order does not matter:
+ * a round takes them together). With probe, only the one due soonest, if
+ * it is due. Caller frees the entries.
  */
 static size_t
 take_due(struct worker *w, long long now, size_t max, bool probe,
@@ -685,6 +685,8 @@ take_due(struct worker *w, long long now, size_t max, bool probe,
 		for (i = 1; i < w->nheld; i++)
 			if (w->held[i].due_ms < w->held[best].due_ms)
 				best = i;
+		if (w->held[best].due_ms > now)
+			return 0;
 		out[k++] = w->held[best].entry;
 		w->held[best] = w->held[--w->nheld];
 		return k;
@@ -830,7 +832,7 @@ lost(struct worker *w, const struct stream_ids *ids)
 	for (size_t i = 0; i < ids->n; i++) {
 		struct stream_entry e = { ids->ids[i], NULL, 0 };
 		struct dead_letter dl = { "lost", "entry deleted from the "
-		    "stream before it was processed (XAUTOCLAIM)", 0, 0 };
+		    "stream before it was processed", 0, 0 };
 
 		log_event(LOG_WARN, "entry_lost", "entry_id", e.id,
 		    "consumer", w->consumer, (const char *)NULL);
@@ -889,6 +891,7 @@ recover_step(struct worker *w)
 	const char **ids;
 	struct stream_batch b;
 	struct stream_pending *picked;
+	struct stream_ids gone;
 	size_t k = 0;
 	int n;
 
@@ -911,6 +914,8 @@ recover_step(struct worker *w)
 	}
 	ids = xcalloc((size_t)w->npage, sizeof(*ids));
 	picked = xcalloc((size_t)w->npage, sizeof(*picked));
+	gone.ids = xcalloc((size_t)w->npage, sizeof(*gone.ids));
+	gone.n = 0;
 	/* Poison, and the once-delivered, up to a batch. */
 	for (int i = 0; i < w->npage; i++) {
 		struct stream_pending *p = &w->page[i];
@@ -946,6 +951,16 @@ recover_step(struct worker *w)
 		redis_trouble(w, n);
 		goto out;
 	}
+	/* Redis drops ids deleted from the stream from the pending list. */
+	for (size_t j = 0; j < k; j++) {
+		bool found = false;
+
+		for (size_t i = 0; i < b.n && !found; i++)
+			found = strcmp(b.entries[i].id, picked[j].id) == 0;
+		if (!found)
+			gone.ids[gone.n++] = picked[j].id;
+	}
+	lost(w, &gone);
 	if (n > 0) {
 		/* Delivered once more by the claim: count it as such. */
 		for (size_t j = 0; j < k; j++)
@@ -954,6 +969,7 @@ recover_step(struct worker *w)
 	}
 	stream_batch_free(&b);
 out:
+	free(gone.ids);		/* the strings belong to picked */
 	free(ids);
 	free(picked);
 }
@@ -993,8 +1009,10 @@ sweep_step(struct worker *w)
 		    "first_id", mine.entries[0].id,
 		    "last_id", mine.entries[mine.n - 1].id,
 		    "consumer", w->consumer, (const char *)NULL);
+		/* Our held entries may lie in between: count them in. */
 		np = stream_pending_own(w->stream, mine.entries[0].id,
-		    mine.entries[mine.n - 1].id, (int)b.n + 16, &p);
+		    mine.entries[mine.n - 1].id, (int)(b.n + w->nheld) + 16,
+		    &p);
 		triage(w, &mine, p, np > 0 ? np : 0, w->cfg->max_deliveries);
 	}
 	free(mine.entries);
