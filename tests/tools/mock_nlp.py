@@ -47,8 +47,8 @@ Control endpoints (never recorded):
                            JSON list of recorded requests, oldest first
                            (from the (N+1)th on)
 
-Each recorded request carries "response" (what it was answered, decided
-on arrival) and, once done, "answered_at" (epoch seconds) and
+Each recorded request carries "response" (status, job_id, body,
+delay_ms, retry_after: the answer, decided on arrival) and, once done, "answered_at" (epoch seconds) and
 "delivered" (false when writing the answer failed because the client
 had gone, e.g. after its timeout; best effort: a write into a connection
 the client just closed may still succeed).
@@ -189,7 +189,9 @@ class MockState:
                 body = json.dumps(doc).encode("utf-8")
                 ctype = "application/json"
             record["response"] = {"status": status, "job_id": job_id,
-                                  "body": body.decode("utf-8", "replace")}
+                                  "body": body.decode("utf-8", "replace"),
+                                  "delay_ms": b.get("delay_ms", 0),
+                                  "retry_after": b.get("retry_after")}
             return {"status": status, "body": body, "content_type": ctype,
                     "delay_ms": b.get("delay_ms", 0),
                     "retry_after": b.get("retry_after")}
