@@ -164,6 +164,9 @@ static const char sql_claim[] =
 "  ON CONFLICT (consumer_group, document_id) DO UPDATE SET\n"
 "    status = 'claimed', claimed_by = excluded.claimed_by,\n"
 "    lease_until = excluded.lease_until, retry_at = NULL,\n"
+/* a replay, or a new round after the dedup window: a fresh retry budget */
+"    retries = CASE WHEN d.status IN ('dead', 'triggered') THEN 0\n"
+"                   ELSE d.retries END,\n"
 "    event_id = excluded.event_id,\n"
 "    event_type = excluded.event_type, event_source = excluded.event_source,\n"
 "    event_time = excluded.event_time, stream = excluded.stream,\n"

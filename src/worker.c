@@ -1276,7 +1276,9 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 			w.next_touch_ms = now + touch_every;
 		}
 		circuit_tick(&w, now);
-		if (w.recovering) {
+		/* Step 1 sends requests too: not through an open circuit. */
+		if (w.recovering && (w.circuit.state == CIRCUIT_CLOSED ||
+		    (w.circuit.state == CIRCUIT_HALF_OPEN && w.nheld == 0))) {
 			recover_step(&w);
 			continue;
 		}
@@ -1304,7 +1306,7 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 			    w.circuit.until_ms - now : cfg->poll_interval_ms);
 			continue;
 		}
-		if (w.nheld >= w.held_max ||
+		if (w.nheld >= w.held_max || w.recovering ||
 		    (w.circuit.state == CIRCUIT_HALF_OPEN && w.nheld > 0)) {
 			/* Back-pressure: finish what is held first. */
 			n = read_block_ms(&w, now);
