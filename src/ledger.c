@@ -143,6 +143,7 @@ static const struct migration {
 "CREATE INDEX processed_documents_retry_idx ON @S@.processed_documents (retry_at) WHERE status = 'failed';\n"
 "COMMENT ON COLUMN @S@.processed_documents.retries IS 'Transient failures counted against max_retries; requests that probe an open circuit are not counted.';\n"
 "COMMENT ON COLUMN @S@.processed_documents.retry_at IS 'With status failed: no attempt is made before this time (the retry schedule, kept across restarts). NULL otherwise.';\n"
+"COMMENT ON COLUMN @S@.deliveries.outcome IS 'How the request ended: success, transient (408, 425, 429, 5xx, timeout or connection error: retried until max_retries) or permanent (any other answer, or a 2xx the route''s success field refused).';\n"
 "COMMENT ON COLUMN @S@.processed_documents.status IS 'claimed (in flight), triggered (NLP accepted it), failed (transient failure, retried at retry_at), dead (gave up: permanent failure, retries exhausted or poison; see the dead-letter stream), observed (seen with auto_process off), expired (too old for the backlog).';\n"
 	},
 };
