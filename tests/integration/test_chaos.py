@@ -747,6 +747,11 @@ def dead_letters(env):
     return out
 
 
+def outstanding(backlog):
+    """True if a backlog() sample shows work not yet done."""
+    return bool(backlog and (backlog[0] or backlog[1]))
+
+
 def kill_worker(sc, workers, pid, why=""):
     """SIGKILLs one worker pid and waits for the master to reap it."""
     busy = len(pending_entries(sc.env, consumer=None))
@@ -817,7 +822,7 @@ def test_chaos_kill_master_and_workers_and_restart(env):
         workers = Workers(d)
         pids = list(workers.update().values())
         backlog = sc.backlog()
-        busy += bool(backlog and (backlog[0] or backlog[1]))
+        busy += outstanding(backlog)
         d.kill()                            # master first, then workers
         wait_until(lambda: not any(pid_alive(p) for p in pids),
                    timeout=10, what="workers of the killed master gone")
@@ -838,17 +843,20 @@ def test_chaos_redis_restart_with_persistence(env):
     env.mock.behaviour(delay_ms=10)
     sc.start_daemon()
     sc.start_publishing()
+    busy = 0
     for at in (1.5, 3.5):
         sc.sleep_until(at)
         with sc.lock:
             before = env.redis.xlen(STREAM)
             backlog = sc.backlog()
+            busy += outstanding(backlog)
             env.redis_server.restart(keep_data=True, down_seconds=1.0)
             after = env.redis.xlen(STREAM)
             sc.fault("redis restarted with its AOF, 1 s down (backlog %s; "
                      "stream length %d -> %d)" % (backlog, before, after))
         assert after == before, "the AOF lost entries: harness defect"
     sc.finish()
+    assert busy, "Redis never restarted with work outstanding"
 
 
 @redis_persistence(None)
@@ -897,9 +905,13 @@ def test_chaos_postgres_stopped_for_seconds(env):
     env.pg.stop_process()
     sc.fault("postgres stopped (fast shutdown; backlog %s)" % (backlog,))
     time.sleep(4.0)
+    during = sc.backlog()
     env.pg.start_process()
-    sc.fault("postgres started again on port %d" % env.pg.port)
+    sc.fault("postgres started again on port %d (backlog %s)"
+             % (env.pg.port, during))
     sc.finish()
+    assert outstanding(backlog) or outstanding(during), \
+        "PostgreSQL went away while the daemon had nothing to do"
 
 
 def test_chaos_postgres_backends_terminated(env):
@@ -978,19 +990,30 @@ def test_chaos_nlp_connection_refused(env):
     env.mock.behaviour(delay_ms=10)
     sc.start_daemon()
     sc.start_publishing()
-    busy = 0
-    for at in (1.0, 4.0):
+    busy, late = 0, []
+    for at in (1.0, 3.5):
         sc.sleep_until(at)
         backlog = sc.backlog()
-        busy += bool(backlog and (backlog[0] or backlog[1]))
-        env.mock.refuse(2.5)
-        sc.fault("mock: connection refused for 2.5 s (backlog %s)"
-                 % (backlog,))
-        wait_until(lambda: servers.port_open(env.mock.port), timeout=10,
-                   what="the mock listening again")
-        sc.fault("mock: listening again")
+        busy += outstanding(backlog)
+        env.mock.refuse_connections()
+        sc.fault("mock: connection refused (backlog %s)" % (backlog,))
+        sc.sleep_until(at + 2.3)
+        # Back-pressure: with the circuit open the workers stop reading,
+        # so what was published meanwhile waits in the stream.
+        late.append(sc.backlog())
+        sc.sleep_until(at + 2.5)
+        env.mock.accept_connections()
+        assert servers.port_open(env.mock.port)
+        sc.fault("mock: listening again (backlog before: %s)"
+                 % (late[-1],))
     sc.finish()
     assert busy, "the mock went away while the daemon had nothing to do"
+    # Published during the first outage (still publishing): not read.
+    pending, undelivered = late[0]
+    assert undelivered, "the workers kept reading new entries while " \
+        "the NLP API refused connections (no back-pressure)"
+    assert pending <= 4 * WORKERS * CHAOS_CONFIG["batch_size"], \
+        "%d entries taken during the outage (no back-pressure)" % pending
 
 
 def test_chaos_nlp_refuses_some_documents_permanently(env):
