@@ -139,10 +139,18 @@ def env(chaos_redis, chaos_pg, chaos_mock, tmp_path):
     try:
         yield e
     finally:
+        abort_scenarios(e)
         e.close()
         if not chaos_pg.running:
             chaos_pg.start_process()
         chaos_pg.drop_database(dbname)
+
+
+def abort_scenarios(env):
+    """Stops the publishers of env's scenarios: none may outlive its test
+    (the next test's Redis could get the same port)."""
+    for sc in env.__dict__.get("chaos_scenarios", []):
+        sc.abort()
 
 
 # ---- small observers ----------------------------------------------------
@@ -272,6 +280,9 @@ class Scenario:
         self.poison = {}            # doc -> entry id
         self.extra_problems = []
         self.config = None
+        self._abort = threading.Event()
+        # The env's finalizer stops the publisher (abort_scenarios()).
+        env.__dict__.setdefault("chaos_scenarios", []).append(self)
 
     # -- the plan --
     def doc_id(self, i):
@@ -340,8 +351,10 @@ class Scenario:
         try:
             for k, it in enumerate(items):
                 ahead = start + k * step - time.monotonic()
-                if ahead > 0:
-                    time.sleep(ahead)
+                if ahead > 0 and self._abort.wait(ahead):
+                    return
+                if self._abort.is_set():
+                    return
                 if it.fields is None:
                     it.fields = self._fields(it)
                 deadline = time.monotonic() + 60
@@ -362,12 +375,19 @@ class Scenario:
                             self.publish_retries += 1
                     if time.monotonic() > deadline:
                         raise AssertionError("cannot publish for 60 s")
-                    time.sleep(0.05)
+                    if self._abort.wait(0.05):
+                        return
         except BaseException as e:          # reported by finish()
             self.publish_error = "%s: %s" % (type(e).__name__, e)
         finally:
             client.close()
             self.done.set()
+
+    def abort(self):
+        """Stops the publisher (test teardown)."""
+        self._abort.set()
+        if self._thread is not None:
+            self._thread.join(10)
 
     def _fields(self, it):
         if it.kind == "bad":
@@ -1302,6 +1322,7 @@ def two_host_env(two_hosts, tmp_path):
         yield e, two_hosts
     finally:
         if e is not None:
+            abort_scenarios(e)
             e.close()
         for h in two_hosts:
             _netns_kill_all(h.ns)
