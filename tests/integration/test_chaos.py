@@ -26,7 +26,18 @@ pending entries, dead-letter reasons, the faults injected and when.
 
 Servers are private to this module: a Redis with AOF persistence per test
 (the session one is never restarted), one PostgreSQL cluster for the
-module (stopped and started again by some tests), a mock per test.
+module (stopped and started again by some tests), a mock per test. The
+two-hosts test makes its own: two network namespaces joined to this one
+by veth pairs (10.231.<x>.1 here, .2 there; root and `ip` needed), and a
+Redis, a PostgreSQL and a mock listening on 127.0.0.1 and both veth
+addresses.
+
+Each test also asserts that its fault happened with work outstanding (or
+was otherwise observed), so that it cannot pass without testing anything.
+Every wait polls with a timeout; no sleep is asserted as a speed.
+
+Run:  STAGERELAY_BIN=$PWD/stagerelay STAGERELAY_SRCDIR=$PWD \
+          tests/integration/run -k chaos -x
 
 Environment:
     STAGERELAY_CHAOS_EVENTS   events per scenario (default 2000)
