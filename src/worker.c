@@ -84,6 +84,7 @@ struct worker {
 	int				 backoff_ms;
 	bool				 redis_lost;	/* log when it is back */
 	bool				 ledger_lost;
+	bool				 group_seen;	/* it existed once */
 	uint64_t			 rng;
 
 	/* The retry schedule: entries held for a later round. */
@@ -1125,14 +1126,23 @@ connect_all(struct worker *w)
 		migrated = true;
 	}
 	/* The group is created once; NOGROUP later means it vanished. */
-	if ((r = stream_create_group(w->stream, w->cfg->process_backlog)) < 0)
+	/* Re-created (it vanished): all of the new stream is ours to read. */
+	if ((r = stream_create_group(w->stream, w->group_seen ||
+	    w->cfg->process_backlog)) < 0)
 		return -1;
-	if (r == 1)
+	if (r == 1 && w->group_seen)
+		/* Redis came back without it (no persistence), or a DEL. */
+		log_event(LOG_WARN, "group_recreated",
+		    "stream", w->cfg->source_stream,
+		    "group", w->cfg->consumer_group,
+		    "result", "ok", (const char *)NULL);
+	else if (r == 1)
 		log_event(LOG_INFO, "group_created",
 		    "stream", w->cfg->source_stream,
 		    "group", w->cfg->consumer_group,
 		    "start", w->cfg->process_backlog ? "0" : "$",
 		    (const char *)NULL);
+	w->group_seen = true;
 	return stream_create_consumer(w->stream) == 0 ? 0 : -1;
 }
 
