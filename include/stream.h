@@ -143,6 +143,9 @@ int	stream_remove_consumer(struct stream *, const char *name);
  */
 int	stream_create_consumer(struct stream *);
 
+/* 1 if the entry is still in the stream, 0 if not, or STREAM_ERR. */
+int	stream_entry_exists(struct stream *, const char *id);
+
 /* A deep copy in one allocation: free() it. */
 struct stream_entry *stream_entry_dup(const struct stream_entry *);
 

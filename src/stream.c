@@ -678,3 +678,20 @@ stream_create_consumer(struct stream *s)
 	freeReplyObject(r);
 	return 0;
 }
+
+int
+stream_entry_exists(struct stream *s, const char *id)
+{
+	const char *argv[6] = { "XRANGE", s->cfg->source_stream, id, id,
+	    "COUNT", "1" };
+	redisReply *r;
+	int ret;
+
+	if ((r = command(s, 6, argv, NULL)) == NULL)
+		return STREAM_ERR;
+	if (r->type != REDIS_REPLY_ARRAY)
+		return reply_error(s, r, "XRANGE");
+	ret = r->elements > 0 ? 1 : 0;
+	freeReplyObject(r);
+	return ret;
+}

@@ -952,13 +952,18 @@ recover_step(struct worker *w)
 		redis_trouble(w, n);
 		goto out;
 	}
-	/* Redis drops ids deleted from the stream from the pending list. */
+	/*
+	 * Redis drops ids deleted from the stream from the pending list. An
+	 * id can also be missing because another consumer's sweeper took it
+	 * and acknowledged it meanwhile: only an entry no longer in the
+	 * stream is lost.
+	 */
 	for (size_t j = 0; j < k; j++) {
 		bool found = false;
 
 		for (size_t i = 0; i < b.n && !found; i++)
 			found = strcmp(b.entries[i].id, picked[j].id) == 0;
-		if (!found)
+		if (!found && stream_entry_exists(w->stream, picked[j].id) == 0)
 			gone.ids[gone.n++] = picked[j].id;
 	}
 	lost(w, &gone);
@@ -1078,7 +1083,12 @@ touch(struct worker *w)
 
 	if (w->nheld == 0)
 		return;
-	n = stream_pending_own(w->stream, "-", "+", (int)w->nheld + 64, &p);
+	/*
+	 * Our pending list is at most what we hold, one round, and what a
+	 * predecessor left (bounded the same way) not yet recovered.
+	 */
+	n = stream_pending_own(w->stream, "-", "+", (int)(w->nheld +
+	    w->held_max) + 2 * w->cfg->batch_size + 64, &p);
 	if (n < 0) {
 		redis_trouble(w, n);
 		return;
