@@ -1076,8 +1076,15 @@ def test_chaos_poison_entry_dead_lettered_after_max_deliveries(env):
     # holding the entry is killed (a worker that keeps crashing on it).
     env.mock.rules([{"match": poison, "delay_ms": 30000}])
     env.mock.behaviour(delay_ms=10)
+    # A timeout far beyond the time it takes to notice the request and
+    # kill its worker, even on a loaded machine: the entry is redelivered
+    # by a crash each time, never retried after a timeout.
+    # Sweepers and leases wait longer than the request: the respawned
+    # worker (same consumer name) takes the entry up from its own list.
     sc.start_daemon(max_deliveries=max_deliveries,
-                    nlp_api={"timeout_ms": 3000})
+                    nlp_api={"timeout_ms": 20000},
+                    claim_idle_ms=30000, ledger={"lease_seconds": 30},
+                    supervisor={"worker_timeout": 60})
     d = sc.daemons[0]
     workers = Workers(d)
     wait_until(lambda: len(workers.update()) == WORKERS, what="workers")
