@@ -152,6 +152,9 @@ void	 config_free(struct config *);
 /* Prints the effective configuration as YAML, secrets redacted. */
 void	 config_print(FILE *, const struct config *);
 
+/* A libpq DSN with its password replaced by <redacted>. Caller frees. */
+char	*config_redacted_dsn(const char *dsn);
+
 /* Logs one warning per key in cfg->pending ("accepted, not yet in effect"). */
 void	 config_warn_pending(const struct config *);
 

@@ -56,4 +56,10 @@ void		 httpd_close_in_child(struct httpd *);
 /* Stops serving, closes the sockets and frees the server. NULL-safe. */
 void		 httpd_stop(struct httpd *);
 
+/*
+ * Checks a listen address the way httpd_start() reads it (numeric host,
+ * no DNS): 0, or -1 with the reason in err. Used to validate the config.
+ */
+int	httpd_check_listen(const char *addr, char *err, size_t errlen);
+
 #endif

@@ -143,6 +143,16 @@ int	stream_remove_consumer(struct stream *, const char *name);
  */
 int	stream_create_consumer(struct stream *);
 
+/* What XINFO GROUPS and XLEN say about our group and streams. */
+struct stream_group_info {
+	bool		 group_exists;
+	long long	 lag;		/* entries not yet delivered; -1 unknown */
+	long long	 pending;	/* delivered, not acknowledged */
+	long long	 length;	/* XLEN of the source stream */
+	long long	 dead_letter_length;
+};
+int	stream_group_info(struct stream *, struct stream_group_info *);
+
 /* 1 if the entry is still in the stream, 0 if not, or STREAM_ERR. */
 int	stream_entry_exists(struct stream *, const char *id);
 

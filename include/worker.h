@@ -9,6 +9,7 @@
 #include <stdbool.h>
 
 #include "config.h"
+#include "metrics.h"
 
 /* Exit codes (sysexits.h where one fits). */
 #define EXIT_PENDING	75	/* EX_TEMPFAIL: --drain left entries pending */
@@ -30,6 +31,7 @@ struct worker_opts {
 	volatile sig_atomic_t	*reopen;	/* set by SIGUSR1: reopen the log */
 	struct worker_shm	*shm;		/* NULL when unsupervised */
 	volatile int		*workers;	/* workers wanted, or NULL */
+	struct metrics_shm	*metrics;	/* NULL when unsupervised */
 	int			 master_fd;	/* read end of the master's pipe, or -1 */
 };
 

@@ -28,6 +28,7 @@
 #include <cJSON.h>
 
 #include "config.h"
+#include "httpd.h"
 #include "log.h"
 #include "route.h"
 #include "template.h"
@@ -51,9 +52,6 @@ static const struct {
 	{ SECTION ".batch_mode",		"batch routes" },
 	{ SECTION ".shared_dir",		"batch routes" },
 	{ SECTION ".routes[].documents_file",	"batch routes" },
-	{ SECTION ".lag_alert_threshold",	"the metrics endpoint" },
-	{ SECTION ".idle_alert_minutes",	"the metrics endpoint" },
-	{ SECTION ".metrics.listen",		"the metrics endpoint" },
 };
 
 enum ktype {
@@ -1687,7 +1685,7 @@ listen_ok(const char *s)
 	const char *colon = strrchr(s, ':');
 	long long port;
 
-	if (colon == NULL || colon == s)
+	if (colon == NULL)
 		return false;
 	if (parse_integer(colon + 1, &port) != 0 || colon[1] == '+' ||
 	    colon[1] == '-')
@@ -1698,6 +1696,7 @@ listen_ok(const char *s)
 static int
 validate(struct loader *ld, struct config *cfg)
 {
+	char herr[256];
 	static const struct {
 		const char	*key;
 		size_t		 off;
@@ -1758,6 +1757,11 @@ validate(struct loader *ld, struct config *cfg)
 		    "max_retry_delay_seconds: %g is less than "
 		    "retry_delay_seconds (%g)", SECTION,
 		    cfg->max_retry_delay_seconds, cfg->retry_delay_seconds);
+	if (*cfg->metrics.listen != '\0' && listen_ok(cfg->metrics.listen) &&
+	    httpd_check_listen(cfg->metrics.listen, herr, sizeof(herr)) == -1)
+		return verr(ld, SECTION ".metrics.listen", "%s.metrics.listen: "
+		    "%s (a numeric address: the master looks up no names); "
+		    "or \"\" to disable", SECTION, herr);
 	if (*cfg->metrics.listen != '\0' && !listen_ok(cfg->metrics.listen))
 		return verr(ld, SECTION ".metrics.listen", "%s.metrics.listen: "
 		    "expected host:port (e.g. 127.0.0.1:9464) or \"\" to "
@@ -2192,21 +2196,29 @@ print_json(FILE *f, const cJSON *j)
 		fputs("null", f);
 }
 
-static void
-print_dsn(FILE *f, int ind, const char *dsn)
+char *
+config_redacted_dsn(const char *dsn)
 {
 	struct buf b;
 	bool has;
 
 	buf_init(&b);
 	buf_puts(&b, "");
-	if (dsn_scan(dsn, &b, &has) == -1) {
+	if (dsn_scan(dsn != NULL ? dsn : "", &b, &has) == -1) {
 		/* Not understood: better to show nothing than a password. */
 		buf_reset(&b);
 		buf_puts(&b, REDACTED);
 	}
-	print_str(f, ind, "dsn", b.data);
-	buf_free(&b);
+	return buf_steal(&b);
+}
+
+static void
+print_dsn(FILE *f, int ind, const char *dsn)
+{
+	char *red = config_redacted_dsn(dsn);
+
+	print_str(f, ind, "dsn", red);
+	free(red);
 }
 
 void

@@ -86,6 +86,19 @@ mhd_log(void *cls, const char *fmt, va_list ap)
 /* "host:port", "[v6]:port" or ":port" into a socket address. */
 static int
 parse_listen(const char *addr, struct sockaddr_storage *ss,
+    socklen_t *sslen, char *err, size_t errlen);
+
+int
+httpd_check_listen(const char *addr, char *err, size_t errlen)
+{
+	struct sockaddr_storage ss;
+	socklen_t sslen;
+
+	return parse_listen(addr, &ss, &sslen, err, errlen);
+}
+
+static int
+parse_listen(const char *addr, struct sockaddr_storage *ss,
     socklen_t *sslen, char *err, size_t errlen)
 {
 	struct sockaddr_in *sin = (struct sockaddr_in *)ss;

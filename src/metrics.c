@@ -543,11 +543,12 @@ metrics_render(const struct metrics_shm *shm, int nslots,
 	sample_u(b, "stagerelay_worker_restarts_total", shm->worker_restarts);
 
 	family(b, "stagerelay_circuit_state", "gauge",
-	    "Trigger circuit breaker per worker: 0 closed, 1 open, "
+	    "Trigger circuit breaker per running worker: 0 closed, 1 open, "
 	    "2 half-open.");
 	for (k = 1; k <= nslots; k++)
-		buf_printf(b, "stagerelay_circuit_state{worker=\"%d\"} %d\n",
-		    k, (int)shm->slot[k].circuit);
+		if (shm->slot[k].alive)
+			buf_printf(b, "stagerelay_circuit_state{worker=\"%d\"} "
+			    "%d\n", k, (int)shm->slot[k].circuit);
 
 	family(b, "stagerelay_last_event_timestamp_seconds", "gauge",
 	    "Unix time of the last event a worker handled.");

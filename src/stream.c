@@ -695,3 +695,73 @@ stream_entry_exists(struct stream *s, const char *id)
 	freeReplyObject(r);
 	return ret;
 }
+
+/* An integer field of an XINFO reply map, or -1 (nil: unknown). */
+static long long
+map_int(const redisReply *m, const char *key)
+{
+	for (size_t j = 0; j + 1 < m->elements; j += 2) {
+		const redisReply *k = m->element[j], *v = m->element[j + 1];
+
+		if (k->type != REDIS_REPLY_STRING || strcmp(k->str, key) != 0)
+			continue;
+		return v->type == REDIS_REPLY_INTEGER ? v->integer : -1;
+	}
+	return -1;
+}
+
+static long long
+xlen(struct stream *s, const char *key)
+{
+	const char *argv[2] = { "XLEN", key };
+	redisReply *r;
+	long long n = -1;
+
+	if ((r = command(s, 2, argv, NULL)) == NULL)
+		return STREAM_ERR;
+	if (r->type == REDIS_REPLY_INTEGER)
+		n = r->integer;
+	freeReplyObject(r);
+	return n;
+}
+
+int
+stream_group_info(struct stream *s, struct stream_group_info *gi)
+{
+	const char *argv[3] = { "XINFO", "GROUPS", s->cfg->source_stream };
+	redisReply *r;
+
+	gi->lag = gi->pending = -1;
+	gi->group_exists = false;
+	if ((gi->length = xlen(s, s->cfg->source_stream)) == STREAM_ERR)
+		return STREAM_ERR;
+	if ((gi->dead_letter_length = xlen(s, s->cfg->dead_letter_stream)) ==
+	    STREAM_ERR)
+		return STREAM_ERR;
+	if ((r = command(s, 3, argv, NULL)) == NULL)
+		return STREAM_ERR;
+	if (r->type == REDIS_REPLY_ERROR) {
+		freeReplyObject(r);	/* no such key: no group either */
+		return 0;
+	}
+	for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements;
+	    i++) {
+		const redisReply *g = r->element[i];
+
+		for (size_t j = 0; g->type == REDIS_REPLY_ARRAY &&
+		    j + 1 < g->elements; j += 2) {
+			const redisReply *k = g->element[j], *v = g->element[j + 1];
+
+			if (k->type == REDIS_REPLY_STRING &&
+			    strcmp(k->str, "name") == 0 &&
+			    v->type == REDIS_REPLY_STRING &&
+			    strcmp(v->str, s->cfg->consumer_group) == 0) {
+				gi->group_exists = true;
+				gi->pending = map_int(g, "pending");
+				gi->lag = map_int(g, "lag");
+			}
+		}
+	}
+	freeReplyObject(r);
+	return 0;
+}

@@ -4,7 +4,9 @@
  * The master parses the config, maps the slots' shared state, and forks one
  * worker per slot; it never opens a Redis, PostgreSQL or HTTP connection,
  * so none can cross a fork. Signal handlers only set flags; the loop below
- * reaps, respawns with backoff, kills hung workers, reloads and stops.
+ * reaps, respawns with backoff, kills hung workers, reloads and stops, and
+ * in between serves /metrics, /healthz and /readyz from what the workers
+ * wrote into shared memory (its listening socket is closed in every child).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
@@ -26,7 +28,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "httpd.h"
 #include "log.h"
+#include "metrics.h"
 #include "supervisor.h"
 #include "util.h"
 #include "worker.h"
@@ -68,6 +72,8 @@ static struct {
 	const struct supervisor_opts *opts;
 	struct slot		 slots[SLOTS_MAX + 1];	/* 1-based */
 	struct worker_shm	*shm;			/* SLOTS_MAX + 1 entries */
+	struct metrics_shm	*metrics;		/* mapped before fork too */
+	struct httpd		*httpd;			/* NULL: metrics.listen "" */
 	int			 workers;		/* wanted */
 	int			 pipe_r, pipe_w;	/* parent-death pipe */
 	long long		 crashes[SLOTS_MAX * CRASHES_PER_WORKER];
@@ -221,6 +227,7 @@ child_main(int slot)
 	unsetenv("WATCHDOG_USEC");
 	unsetenv("WATCHDOG_PID");
 	close(m.pipe_w);
+	httpd_close_in_child(m.httpd);
 	/* The master dying sends us TERM; the pipe covers the race before. */
 	prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
 	if (getppid() != m.master_pid)
@@ -237,6 +244,7 @@ child_main(int slot)
 	opts.reopen = &child_reopen;
 	opts.shm = &m.shm[slot];
 	opts.workers = &m.shm[0].workers;
+	opts.metrics = m.metrics;
 	opts.master_fd = m.pipe_r;
 	code = worker_run(m.cfg, &opts);
 #ifdef STAGERELAY_DEBUG
@@ -374,6 +382,7 @@ reap(void)
 		s->state = SLOT_WAITING;
 		s->respawn_at_ms = now + s->backoff_ms;
 		m.restarts++;
+		m.metrics->worker_restarts = m.restarts;
 		note_crash(now);
 		snprintf(delay, sizeof(delay), "%d", s->backoff_ms);
 		log_event(LOG_INFO, "worker_respawn", "slot", slotbuf,
@@ -509,12 +518,15 @@ set_workers(int n, const char *why)
 	if (n != m.workers) {
 		m.workers = n;
 		m.shm[0].workers = n;
+		m.metrics->workers_wanted = n;
 		snprintf(w, sizeof(w), "%d", n);
 		log_event(LOG_INFO, "workers_changed", "workers", w,
 		    "reason", why, (const char *)NULL);
 		send_status(true);
 	}
 }
+
+static void	metrics_tables(const struct config *);
 
 static void
 reload(void)
@@ -533,9 +545,15 @@ reload(void)
 		return;
 	}
 	config_warn_pending(next);
+	if (strcmp(next->metrics.listen ? next->metrics.listen : "",
+	    m.cfg->metrics.listen ? m.cfg->metrics.listen : "") != 0)
+		log_event(LOG_WARN, "reload_partial", "key", "metrics.listen",
+		    "detail", "the endpoint keeps its address until a restart",
+		    (const char *)NULL);
 	config_free(m.cfg);
 	free(m.cfg);
 	m.cfg = next;
+	metrics_tables(m.cfg);		/* new types and routes get labels */
 	if (m.opts->workers == 0)
 		set_workers(m.cfg->concurrent_tasks, "reload");
 	/* Restart the workers one at a time: the group never goes empty. */
@@ -587,12 +605,141 @@ rolling_restart(void)
 	}
 }
 
+/* The settings that matter when reading the logs later; no secrets. */
+static void
+log_settings(const struct config *cfg)
+{
+	char batch[16], poll[16], retries[16], *dsn;
+
+	snprintf(batch, sizeof(batch), "%d", cfg->batch_size);
+	snprintf(poll, sizeof(poll), "%d", cfg->poll_interval_ms);
+	snprintf(retries, sizeof(retries), "%d", cfg->max_retries);
+	dsn = config_redacted_dsn(cfg->ledger.dsn);
+	log_event(LOG_INFO, "settings", "stream", cfg->source_stream,
+	    "group", cfg->consumer_group, "consumer_name", cfg->consumer_name,
+	    "batch_size", batch, "poll_interval_ms", poll,
+	    "max_retries", retries, "nlp_api", cfg->nlp_api.base_url,
+	    "ledger", dsn, "schema", cfg->ledger.schema,
+	    "dead_letter_stream", cfg->dead_letter_stream,
+	    "metrics", cfg->metrics.listen != NULL &&
+	    *cfg->metrics.listen != '\0' ? cfg->metrics.listen : "off",
+	    (const char *)NULL);
+	free(dsn);
+}
+
+/* ---- /metrics, /healthz, /readyz --------------------------------------- */
+
+/* Label tables: every type a route or consume_events names, every route. */
+static void
+metrics_tables(const struct config *cfg)
+{
+	for (size_t i = 0; i < cfg->nconsume_events; i++)
+		metrics_add_type(m.metrics, cfg->consume_events[i]);
+	for (size_t i = 0; i < cfg->nroutes; i++) {
+		metrics_add_route(m.metrics, cfg->routes[i].name);
+		for (size_t j = 0; j < cfg->routes[i].ntypes; j++)
+			metrics_add_type(m.metrics, cfg->routes[i].types[j]);
+	}
+}
+
+/* 200 while every wanted worker runs and beats within worker_timeout. */
+static int
+healthz(struct buf *body)
+{
+	long long now = now_mono_ms();
+	long long limit = (long long)m.cfg->supervisor.worker_timeout * 1000;
+	int bad = 0;
+
+	for (int i = 1; i <= m.workers; i++) {
+		const struct slot *s = &m.slots[i];
+
+		if (s->state != SLOT_RUNNING) {
+			buf_printf(body, "worker %d: not running\n", i);
+			bad++;
+		} else if (now - m.shm[i].heartbeat_ms > limit) {
+			buf_printf(body, "worker %d: no heartbeat for %lld ms "
+			    "(worker_timeout %d s)\n", i,
+			    now - m.shm[i].heartbeat_ms,
+			    m.cfg->supervisor.worker_timeout);
+			bad++;
+		}
+	}
+	if (bad == 0)
+		buf_printf(body, "ok: %d workers heartbeating\n", m.workers);
+	return bad == 0 ? 200 : 503;
+}
+
+/*
+ * 200 only when Redis, the stream and group, and PostgreSQL are reachable,
+ * no circuit is open and the lag is under lag_alert_threshold; the body
+ * names every check that failed.
+ */
+static int
+readyz(struct buf *body)
+{
+	const struct metrics_group *g = &m.metrics->group;
+	long long wall = now_wall_ms();
+	size_t start = body->len;
+
+	for (int i = 1; i <= m.workers; i++) {
+		const struct metrics_slot *ms = &m.metrics->slot[i];
+
+		if (m.slots[i].state != SLOT_RUNNING || !m.shm[i].connected) {
+			buf_printf(body, "worker %d: not connected yet\n", i);
+			continue;
+		}
+		if (!ms->redis_up)
+			buf_printf(body, "redis: unreachable (worker %d)\n", i);
+		if (!ms->postgres_up)
+			buf_printf(body, "postgresql: unreachable (worker %d)\n",
+			    i);
+		if (ms->circuit != 0)
+			buf_printf(body, "circuit: %s (worker %d)\n",
+			    ms->circuit == 1 ? "open" : "half-open", i);
+	}
+	if (g->polled_ms == 0 || wall - g->polled_ms > 5000)
+		buf_printf(body, "redis: no figures from worker 1 for %s\n",
+		    g->polled_ms == 0 ? "ever" : "over 5 s");
+	else if (!g->redis_ok)
+		buf_printf(body, "redis: unreachable\n");
+	else if (!g->group_ok)
+		buf_printf(body, "stream: %s or group %s missing\n",
+		    m.cfg->source_stream, m.cfg->consumer_group);
+	else if (m.cfg->lag_alert_threshold > 0 &&
+	    g->lag > m.cfg->lag_alert_threshold)
+		buf_printf(body, "lag: %lld entries (lag_alert_threshold %ld)\n",
+		    (long long)g->lag, m.cfg->lag_alert_threshold);
+	if (body->len > start)
+		return 503;
+	buf_printf(body, "ready: lag %lld, %d workers\n", (long long)g->lag,
+	    m.workers);
+	return 200;
+}
+
+static int
+serve(void *arg, const char *path, struct buf *body, const char **ctype)
+{
+	(void)arg;
+	for (int i = 1; i <= SLOTS_MAX; i++)
+		m.metrics->slot[i].alive = m.slots[i].state == SLOT_RUNNING;
+	if (strcmp(path, "/metrics") == 0) {
+		*ctype = "text/plain; version=0.0.4; charset=utf-8";
+		metrics_render(m.metrics, SLOTS_MAX, PACKAGE_VERSION, body);
+		return 200;
+	}
+	if (strcmp(path, "/healthz") == 0)
+		return healthz(body);
+	if (strcmp(path, "/readyz") == 0)
+		return readyz(body);
+	buf_printf(body, "not found: try /metrics, /healthz or /readyz\n");
+	return 404;
+}
+
+/* Waits up to ms, serving HTTP meanwhile; a signal cuts it short. */
 static void
 nap_ms(int ms)
 {
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
-
-	nanosleep(&ts, NULL);	/* a signal cuts it short: good */
+	httpd_wait(m.httpd, ms);
 }
 
 /* Returns 0 when every worker drained, 1 when some had to be killed. */
@@ -651,6 +798,35 @@ supervisor_run(struct config *cfg, const struct supervisor_opts *opts)
 	if (m.shm == MAP_FAILED)
 		fatal("master: mmap");
 	m.shm[0].workers = m.workers;	/* slot 0: the master's own */
+	m.metrics = mmap(NULL, sizeof(*m.metrics), PROT_READ | PROT_WRITE,
+	    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (m.metrics == MAP_FAILED)
+		fatal("master: mmap");
+	m.metrics->workers_wanted = m.workers;
+	m.metrics->group.lag = m.metrics->group.pending = -1;
+	m.metrics->group.stream_length = -1;
+	m.metrics->group.dead_letter_length = -1;
+	metrics_tables(cfg);
+	if (cfg->metrics.listen != NULL && *cfg->metrics.listen != '\0') {
+		char err[256];
+
+		m.httpd = httpd_start(cfg->metrics.listen, serve, NULL, err,
+		    sizeof(err));
+		if (m.httpd == NULL) {
+			log_event(LOG_ERROR, "metrics_listen_failed", "listen",
+			    cfg->metrics.listen, "detail", err, "hint",
+			    "set metrics.listen to a free address, or \"\" to "
+			    "disable the endpoint", (const char *)NULL);
+			munmap(m.metrics, sizeof(*m.metrics));
+			munmap(m.shm, sizeof(*m.shm) * (SLOTS_MAX + 1));
+			config_free(m.cfg);
+			free(m.cfg);
+			return 1;
+		}
+		log_event(LOG_INFO, "metrics_listening", "listen",
+		    cfg->metrics.listen, "paths", "/metrics /healthz /readyz",
+		    (const char *)NULL);
+	}
 	if (pipe2(pfd, O_CLOEXEC) == -1)
 		fatal("master: pipe");
 	m.pipe_r = pfd[0];
@@ -677,6 +853,7 @@ supervisor_run(struct config *cfg, const struct supervisor_opts *opts)
 	log_event(LOG_INFO, "master_started", "workers", w,
 	    "config", opts->config_path, "version", PACKAGE_VERSION,
 	    (const char *)NULL);
+	log_settings(cfg);
 
 	for (;;) {
 		if (sig_stop)
@@ -742,6 +919,8 @@ supervisor_run(struct config *cfg, const struct supervisor_opts *opts)
 	    "workers_killed" : "config_error", (const char *)NULL);
 	close(m.pipe_r);
 	close(m.pipe_w);
+	httpd_stop(m.httpd);
+	munmap(m.metrics, sizeof(*m.metrics));
 	munmap(m.shm, sizeof(*m.shm) * (SLOTS_MAX + 1));
 	config_free(m.cfg);
 	free(m.cfg);

@@ -109,7 +109,18 @@ struct worker {
 		int			 failures;	/* consecutive transient */
 		long long		 until_ms;
 	} circuit;
+
+	/* Counters in the master's shared memory (or a private slot). */
+	struct metrics_shm		*shm;
+	struct metrics_slot		*m;
+	long long			 next_poll_ms;	/* slot 1: group figures */
+	long long			 lag_warned_ms;
+	long long			 idle_since_ms;	/* wall: lag > 0 since */
+	long long			 idle_warned_ms;
 };
+
+/* Where an unsupervised worker (--drain) counts: nobody reads it. */
+static struct metrics_slot unsupervised;
 
 char *
 worker_consumer_name(const struct config *cfg, int slot)
@@ -394,6 +405,13 @@ claim(struct worker *w, struct item *items, size_t n, struct ledger_doc *docs,
 	}
 }
 
+/* The stream entry's id is its time in ms: "<ms>-<seq>". */
+static long long
+entry_time_ms(const char *id)
+{
+	return strtoll(id, NULL, 10);
+}
+
 /* The circuit breaker sees every response in order. */
 static void
 circuit_result(struct worker *w, bool transient)
@@ -405,6 +423,7 @@ circuit_result(struct worker *w, bool transient)
 		w->circuit.failures = 0;
 		if (w->circuit.state != CIRCUIT_CLOSED) {
 			w->circuit.state = CIRCUIT_CLOSED;
+			w->m->circuit = CIRCUIT_CLOSED;
 			log_event(LOG_INFO, "circuit_closed", "consumer",
 			    w->consumer, (const char *)NULL);
 		}
@@ -417,6 +436,7 @@ circuit_result(struct worker *w, bool transient)
 		return;
 	/* Threshold reached, or the probe failed: (re)open. */
 	w->circuit.state = CIRCUIT_OPEN;
+	w->m->circuit = CIRCUIT_OPEN;
 	w->circuit.until_ms = now_mono_ms() +
 	    (long long)cfg->circuit_breaker.open_seconds * 1000;
 	snprintf(n, sizeof(n), "%d", w->circuit.failures);
@@ -489,6 +509,13 @@ trigger(struct worker *w, struct item *items, size_t n)
 		it->doc.remote_job_id = res[i].remote_job_id;
 		it->doc.error = res[i].error;
 		it->doc.outcome = trigger_outcome_name(res[i].outcome);
+		metrics_request(w->m, w->shm != NULL ? metrics_route_index(
+		    w->shm, it->req.route->name) : 0, res[i].http_status);
+		metrics_observe(&w->m->trigger_seconds,
+		    res[i].latency_ms / 1000.0);
+		if (res[i].outcome == TRIGGER_SUCCESS)
+			metrics_observe(&w->m->latency_seconds, (double)(
+			    now_wall_ms() - entry_time_ms(it->entry->id)) / 1000.0);
 		circuit_result(w, res[i].outcome == TRIGGER_TRANSIENT);
 		switch (res[i].outcome) {
 		case TRIGGER_SUCCESS:
@@ -633,6 +660,42 @@ log_outcome(struct worker *w, const struct item *it)
 	    (const char *)NULL);
 }
 
+static size_t
+type_index(const struct worker *w, const char *type)
+{
+	return w->shm != NULL ? metrics_type_index(w->shm, type) : 0;
+}
+
+/* One event's outcome in the counters (the log line's twin). */
+static void
+count(struct worker *w, const struct item *it)
+{
+	size_t type = it->decoded ? type_index(w, it->ev.type) : 0;
+	const char *o = it->outcome;
+
+	if (o == NULL)
+		return;
+	if (it->fate == FATE_DEAD) {
+		enum metrics_reason r = metrics_reason_of(it->reason);
+
+		metrics_event(w->m, r == MR_INVALID_EVENT ? MO_INVALID :
+		    r == MR_LOST ? MO_LOST : MO_DEAD, type);
+		metrics_dead_letter(w->m, it->reason);
+	} else if (strcmp(o, "event_triggered") == 0)
+		metrics_event(w->m, MO_TRIGGERED, type);
+	else if (strcmp(o, "event_duplicate") == 0)
+		metrics_event(w->m, MO_DUPLICATE, type);
+	else if (strcmp(o, "event_filtered") == 0)
+		metrics_event(w->m, MO_FILTERED, type);
+	else if (strcmp(o, "event_observed") == 0)
+		metrics_event(w->m, MO_OBSERVED, type);
+	else if (strcmp(o, "event_failed") == 0)
+		w->m->retries++;
+	else
+		return;		/* held: counted when it is settled */
+	w->m->last_event_ms = now_wall_ms();
+}
+
 static struct held *
 find_held(struct worker *w, const char *id)
 {
@@ -728,6 +791,7 @@ process(struct worker *w, const struct stream_entry *entries, size_t n)
 		if (items[i].fate == FATE_PENDING)
 			hold(w, items[i].entry, items[i].retry_ms);
 		log_outcome(w, &items[i]);
+		count(w, &items[i]);
 		if (items[i].decoded)
 			cloudevent_free(&items[i].ev);
 		if (items[i].rendered)
@@ -789,6 +853,8 @@ poison(struct worker *w, const struct stream_entry *entries,
 			break;		/* still pending: next start or sweep */
 		}
 		ids[k++] = entries[i].id;
+		metrics_event(w->m, MO_DEAD, 0);
+		metrics_dead_letter(w->m, "poison");
 		snprintf(times, sizeof(times), "%lld", deliveries[i]);
 		log_event(LOG_WARN, "event_dead_lettered",
 		    "entry_id", entries[i].id, "reason", "poison",
@@ -837,7 +903,10 @@ lost(struct worker *w, const struct stream_ids *ids)
 
 		log_event(LOG_WARN, "entry_lost", "entry_id", e.id,
 		    "consumer", w->consumer, (const char *)NULL);
-		if (stream_dead_letter(w->stream, &e, &dl) == -1)
+		metrics_event(w->m, MO_LOST, 0);
+		if (stream_dead_letter(w->stream, &e, &dl) == 0)
+			metrics_dead_letter(w->m, "lost");
+		else
 			log_warnx("worker: could not note lost entry %s in the "
 			    "dead-letter stream", e.id);
 	}
@@ -992,7 +1061,7 @@ sweep_step(struct worker *w)
 	struct stream_batch b, mine;
 	struct stream_ids deleted;
 	struct stream_pending *p = NULL;
-	char next[48], count[16];
+	char next[48], nbuf[24];
 	int n, np = 0;
 
 	n = stream_autoclaim(w->stream, w->sweep_cursor, w->cfg->batch_size,
@@ -1010,8 +1079,9 @@ sweep_step(struct worker *w)
 		if (find_held(w, b.entries[i].id) == NULL)
 			mine.entries[mine.n++] = b.entries[i];
 	if (mine.n > 0) {
-		snprintf(count, sizeof(count), "%zu", mine.n);
-		log_event(LOG_INFO, "entries_reclaimed", "count", count,
+		w->m->reclaimed += mine.n;
+		snprintf(nbuf, sizeof(nbuf), "%zu", mine.n);
+		log_event(LOG_INFO, "entries_reclaimed", "count", nbuf,
 		    "first_id", mine.entries[0].id,
 		    "last_id", mine.entries[mine.n - 1].id,
 		    "consumer", w->consumer, (const char *)NULL);
@@ -1112,10 +1182,12 @@ connect_all(struct worker *w)
 	if (!stream_connected(w->stream)) {
 		if (stream_connect(w->stream) == -1)
 			return -1;
-		if (w->redis_lost)
+		if (w->redis_lost) {
+			w->m->redis_reconnects++;
 			log_event(LOG_INFO, "connection_restored", "service",
 			    "redis", "consumer", w->consumer,
 			    (const char *)NULL);
+		}
 	}
 	w->redis_lost = false;
 	if (!ledger_connected(w->ledger)) {
@@ -1123,10 +1195,12 @@ connect_all(struct worker *w)
 			w->ledger_lost = true;
 			return -1;
 		}
-		if (w->ledger_lost)
+		if (w->ledger_lost) {
+			w->m->postgres_reconnects++;
 			log_event(LOG_INFO, "connection_restored", "service",
 			    "postgresql", "consumer", w->consumer,
 			    (const char *)NULL);
+		}
 	}
 	w->ledger_lost = false;
 	/* Every worker migrates once; the advisory lock serialises them. */
@@ -1170,6 +1244,69 @@ master_gone(const struct worker_opts *opts)
 	return poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLHUP | POLLIN));
 }
 
+/*
+ * Slot 1 polls the group's figures for the master's /metrics and /readyz
+ * once a second, and warns (at most every ten minutes) when the group
+ * lags by more than lag_alert_threshold, or when entries wait but nothing
+ * was consumed for idle_alert_minutes.
+ */
+static void
+poll_group(struct worker *w, long long now)
+{
+	const struct config *cfg = w->cfg;
+	struct metrics_group *g = &w->shm->group;
+	struct stream_group_info gi;
+	long long last = 0, wall = now_wall_ms();
+	char lag[24], n[24];
+
+	if (w->opts->slot != 1 || now < w->next_poll_ms)
+		return;
+	w->next_poll_ms = now + 1000;
+	if (stream_group_info(w->stream, &gi) < 0) {
+		g->redis_ok = 0;
+		return;		/* the worker's own reads notice it too */
+	}
+	g->lag = gi.lag;
+	g->pending = gi.pending;
+	g->stream_length = gi.length;
+	g->dead_letter_length = gi.dead_letter_length;
+	g->group_ok = gi.group_exists;
+	g->redis_ok = 1;
+	g->polled_ms = wall;
+
+	snprintf(lag, sizeof(lag), "%lld", gi.lag);
+	if (cfg->lag_alert_threshold > 0 && gi.lag > cfg->lag_alert_threshold &&
+	    (w->lag_warned_ms == 0 || now - w->lag_warned_ms >= 600000)) {
+		w->lag_warned_ms = now;
+		snprintf(n, sizeof(n), "%ld", cfg->lag_alert_threshold);
+		log_event(LOG_WARN, "lag_alert", "lag", lag, "threshold", n,
+		    "group", cfg->consumer_group, (const char *)NULL);
+	}
+	/*
+	 * Idle: entries wait (lag > 0) and nothing was consumed since they
+	 * began to wait, or since the last event, whichever is later.
+	 */
+	if (gi.lag <= 0) {
+		w->idle_since_ms = 0;
+		return;
+	}
+	if (w->idle_since_ms == 0)
+		w->idle_since_ms = wall;
+	for (int i = 1; i < METRICS_SLOTS; i++)
+		if (w->shm->slot[i].last_event_ms > last)
+			last = w->shm->slot[i].last_event_ms;
+	if (last < w->idle_since_ms)
+		last = w->idle_since_ms;
+	if (cfg->idle_alert_minutes > 0 && wall - last >=
+	    (long long)cfg->idle_alert_minutes * 60000 &&
+	    (w->idle_warned_ms == 0 || now - w->idle_warned_ms >= 600000)) {
+		w->idle_warned_ms = now;
+		snprintf(n, sizeof(n), "%d", cfg->idle_alert_minutes);
+		log_event(LOG_WARN, "idle_alert", "lag", lag, "minutes", n,
+		    "group", cfg->consumer_group, (const char *)NULL);
+	}
+}
+
 /* Held entries due now (one probe when half open): a round of their own. */
 static bool
 run_due(struct worker *w, long long now)
@@ -1202,6 +1339,7 @@ circuit_tick(struct worker *w, long long now)
 	if (w->circuit.state != CIRCUIT_OPEN || now < w->circuit.until_ms)
 		return;
 	w->circuit.state = CIRCUIT_HALF_OPEN;
+	w->m->circuit = CIRCUIT_HALF_OPEN;
 	log_event(LOG_INFO, "circuit_half_open", "consumer", w->consumer,
 	    (const char *)NULL);
 }
@@ -1240,6 +1378,9 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 	w.ledger = ledger_new(cfg->ledger.dsn, cfg->ledger.schema,
 	    cfg->consumer_group, w.consumer, cfg->source_stream);
 	w.trigger = trigger_new(cfg);
+	w.shm = opts->metrics;
+	w.m = w.shm != NULL ? &w.shm->slot[opts->slot] : &unsupervised;
+	w.m->circuit = CIRCUIT_CLOSED;
 	w.rng = ((uint64_t)getpid() << 32) ^ (uint64_t)now_wall_ms() ^
 	    0x9e3779b97f4a7c15ULL;
 	w.held_max = (size_t)cfg->batch_size * 10 > 100 ?
@@ -1282,6 +1423,8 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 					code = EXIT_CONNECT;
 					break;
 				}
+				w.m->redis_up = stream_connected(w.stream);
+				w.m->postgres_up = ledger_connected(w.ledger);
 				trouble(&w);
 				continue;
 			}
@@ -1290,7 +1433,11 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 			if (opts->shm != NULL)
 				opts->shm->connected = 1;
 		}
+		w.m->redis_up = stream_connected(w.stream);
+		w.m->postgres_up = ledger_connected(w.ledger);
 		now = now_mono_ms();
+		if (w.shm != NULL)
+			poll_group(&w, now);
 		if (now >= w.next_touch_ms) {
 			touch(&w);
 			w.next_touch_ms = now + touch_every;

@@ -360,6 +360,8 @@ class Env:
                         "connect_timeout_ms": 1000},
             "ledger": {"dsn": self.dsn, "schema": "stagerelay"},
             "logging": {"format": "logfmt", "level": "info"},
+            # Off unless a test asks for it: no two daemons on one port.
+            "metrics": {"listen": ""},
         }
 
     def write_config(self, text=None, name=None, **overrides):
