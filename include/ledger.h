@@ -109,6 +109,22 @@ int	ledger_note(struct ledger *, struct ledger_doc *docs, size_t n);
  */
 int	ledger_bury(struct ledger *, struct ledger_doc *docs, size_t n);
 
+/* How many of our group's documents have a status (ledger_counts). */
+struct ledger_count {
+	char		 status[12];
+	long long	 documents;
+};
+
+/*
+ * Counts our consumer group's documents by status among those whose row
+ * changed (updated_at) in the last minutes. *out is allocated, one element
+ * per status present (free() it; NULL on error). where, if not NULL,
+ * receives "host:port/dbname" from the DSN and libpq's defaults, never a
+ * user or password. Returns the number of statuses, or -1.
+ */
+int	ledger_counts(struct ledger *, int minutes, struct ledger_count **out,
+	    char *where, size_t wherelen);
+
 const char *ledger_status_name(enum ledger_status);
 const char *ledger_schema(const struct ledger *);
 

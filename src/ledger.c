@@ -794,3 +794,88 @@ ledger_bury(struct ledger *l, struct ledger_doc *docs, size_t n)
 {
 	return insert_docs(l, l->sql_bury, true, docs, n, "bury");
 }
+
+/* Documents of our group by status, changed in the last minutes. */
+static const char sql_counts[] =
+"SELECT status, count(*) FROM @S@.processed_documents\n"
+" WHERE consumer_group = $1\n"
+"   AND updated_at >= now() - make_interval(mins => $2::int)\n"
+" GROUP BY status ORDER BY status";
+
+/* A DSN keyword's value, else libpq's default (environment included). */
+static const char *
+conninfo_value(const PQconninfoOption *given, const PQconninfoOption *dflt,
+    const char *key)
+{
+	for (; given != NULL && given->keyword != NULL; given++)
+		if (strcmp(given->keyword, key) == 0 && given->val != NULL &&
+		    *given->val != '\0')
+			return given->val;
+	for (; dflt != NULL && dflt->keyword != NULL; dflt++)
+		if (strcmp(dflt->keyword, key) == 0 && dflt->val != NULL &&
+		    *dflt->val != '\0')
+			return dflt->val;
+	return NULL;
+}
+
+/* host:port/dbname from the DSN; never the user or the password. */
+static void
+describe(const struct ledger *l, char *where, size_t len)
+{
+	PQconninfoOption *given, *dflt;
+	const char *host, *port, *db;
+
+	given = PQconninfoParse(l->dsn, NULL);
+	dflt = PQconndefaults();
+	if ((host = conninfo_value(given, dflt, "host")) == NULL &&
+	    (host = conninfo_value(given, dflt, "hostaddr")) == NULL)
+		host = "localhost";
+	port = conninfo_value(given, dflt, "port");
+	db = conninfo_value(given, dflt, "dbname");
+	snprintf(where, len, "%s:%s/%s", host, port ? port : "5432",
+	    db ? db : "?");
+	if (given != NULL)
+		PQconninfoFree(given);
+	if (dflt != NULL)
+		PQconninfoFree(dflt);
+}
+
+int
+ledger_counts(struct ledger *l, int minutes, struct ledger_count **out,
+    char *where, size_t wherelen)
+{
+	const char *params[2];
+	char mins[16], *sql, *q;
+	PGresult *res;
+	int n, ret = -1;
+
+	*out = NULL;
+	if (where != NULL && wherelen > 0)
+		describe(l, where, wherelen);
+	if (ensure_conn(l) == -1)
+		return -1;
+	snprintf(mins, sizeof(mins), "%d", minutes);
+	params[0] = l->group;
+	params[1] = mins;
+	q = xasprintf("\"%s\"", l->schema);
+	sql = with_schema(sql_counts, q);
+	free(q);
+	res = PQexecParams(l->conn, sql, 2, NULL, params, NULL, NULL, 0);
+	free(sql);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		log_warnx("ledger: counts failed: %s", pg_error(l->conn, res));
+		goto out;
+	}
+	n = PQntuples(res);
+	*out = xcalloc(n > 0 ? (size_t)n : 1, sizeof(**out));
+	for (int r = 0; r < n; r++) {
+		strlcpy_s((*out)[r].status, PQgetvalue(res, r, 0),
+		    sizeof((*out)[r].status));
+		(*out)[r].documents = atoll(PQgetvalue(res, r, 1));
+	}
+	ret = n;
+out:
+	PQclear(res);
+	check_broken(l);
+	return ret;
+}

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "stagerelay.h"
+#include "status.h"
 #include "supervisor.h"
 
 #ifndef SYSCONFDIR
@@ -59,6 +60,8 @@ usage(int code)
 "       stagerelay -t [-c file]                  check the config and print it\n"
 "       stagerelay check-config [-c file]        same as -t\n"
 "       stagerelay ledger migrate [-c file]      create or upgrade the ledger\n"
+"       stagerelay status [-c file] [--json] [--watch]\n"
+"                                                workers, lag, pending, ledger\n"
 "       stagerelay -V | -h\n"
 "\n"
 "  -c, --config FILE   configuration file (default %s)\n"
@@ -71,6 +74,9 @@ usage(int code)
 "      --allow-root    let workers run as root (refused otherwise)\n"
 "      --drain         exit once the own pending list and the stream are\n"
 "                      drained (75 if entries were left pending)\n"
+"      --json          status: one JSON object (a line per second with\n"
+"                      --watch)\n"
+"      --watch         status: redraw every second until q or ^C\n"
 "  -v, --verbose       log at debug level\n"
 "  -V, --version       print the version\n"
 "  -h, --help          this text\n", DEFAULT_CONFIG);
@@ -140,6 +146,26 @@ cmd_ledger(const char *path, int argc, char **argv, bool verbose)
 	else
 		printf("ledger schema %s at version %d\n", cfg.ledger.schema, v);
 	ledger_free(l);
+	config_free(&cfg);
+	return code;
+}
+
+/* 0 all parts reachable, 1 one was not, 78 a bad config. */
+static int
+cmd_status(const char *path, int argc, char **argv,
+    const struct status_opts *so)
+{
+	struct config cfg;
+	int code;
+
+	if (argc > 0) {
+		fprintf(stderr, "stagerelay: status: unexpected \"%s\"\n",
+		    argv[0]);
+		return EXIT_USAGE;
+	}
+	if (load(path, &cfg) == -1)
+		return CONFIG_EXIT_ERROR;
+	code = status_run(&cfg, so);
 	config_free(&cfg);
 	return code;
 }
@@ -363,11 +389,14 @@ main(int argc, char **argv)
 		{ "user",	required_argument,	NULL, 'u' },
 		{ "allow-root",	no_argument,		NULL, 'R' },
 		{ "verbose",	no_argument,		NULL, 'v' },
+		{ "json",	no_argument,		NULL, 'J' },
+		{ "watch",	no_argument,		NULL, 'W' },
 		{ "version",	no_argument,		NULL, 'V' },
 		{ "help",	no_argument,		NULL, 'h' },
 		{ NULL,		0,			NULL, 0 }
 	};
 	struct run_opts ro;
+	struct status_opts so;
 	const char *path = DEFAULT_CONFIG;
 	bool test = false, drain = false, verbose = false;
 	char *end;
@@ -375,6 +404,7 @@ main(int argc, char **argv)
 	int ch;
 
 	memset(&ro, 0, sizeof(ro));
+	memset(&so, 0, sizeof(so));
 	ro.argc = argc;
 	ro.argv = argv;
 	proctitle_init(argc, argv);
@@ -416,6 +446,12 @@ main(int argc, char **argv)
 		case 'v':
 			verbose = true;
 			break;
+		case 'J':
+			so.json = true;
+			break;
+		case 'W':
+			so.watch = true;
+			break;
 		case 'V':
 			printf("stagerelay %s\n", PACKAGE_VERSION);
 			return 0;
@@ -428,8 +464,18 @@ main(int argc, char **argv)
 	argc -= optind;
 	argv += optind;
 
+	if ((so.json || so.watch) &&
+	    (argc == 0 || strcmp(argv[0], "status") != 0)) {
+		fprintf(stderr, "stagerelay: --json and --watch go with "
+		    "\"status\"\n");
+		usage(EXIT_USAGE);
+	}
 	if (test)
 		return cmd_check(path);
+	if (argc > 0 && strcmp(argv[0], "status") == 0) {
+		so.verbose = verbose;
+		return cmd_status(path, argc - 1, argv + 1, &so);
+	}
 	if (argc > 0 && strcmp(argv[0], "check-config") == 0)
 		return cmd_check(path);
 	if (argc > 0 && strcmp(argv[0], "ledger") == 0)
