@@ -289,3 +289,19 @@ def test_readyz_and_a_warning_when_the_lag_passes_the_threshold(env, port):
     wait_until(lambda: get(port, "/readyz")[0] == 200, timeout=30,
                what="ready once caught up")
     d.stop()
+
+
+# ---- the start-up line -----------------------------------------------------
+
+def test_startup_settings_line_redacts_the_ledger_password(env, port):
+    secret = "s3cret-Pa55"
+    d = start(env, port, ledger={"dsn": env.dsn + " password=" + secret})
+    rec = d.wait_log("settings")
+    assert rec["stream"] == STREAM and rec["group"] == GROUP
+    assert rec["metrics"] == "127.0.0.1:%d" % port
+    assert "<redacted>" in rec["ledger"], rec
+    wait_until(lambda: get(port, "/readyz")[0] == 200, timeout=15,
+               what="ready with the password in the DSN")
+    assert secret not in get(port, "/metrics")[2]
+    d.stop()
+    assert secret not in d.stderr
