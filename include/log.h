@@ -9,6 +9,8 @@
 #ifndef STAGERELAY_LOG_H
 #define STAGERELAY_LOG_H
 
+#include <stdbool.h>
+
 #include <stdarg.h>
 
 enum log_level { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };
@@ -18,6 +20,15 @@ enum log_format { LOG_FMT_LOGFMT = 0, LOG_FMT_JSON };
 void	log_init(const char *procname, enum log_level, enum log_format,
 	    const char *file);
 void	log_set_procname(const char *);
+
+/*
+ * A hook sees every line that passes the level, before it is written: its
+ * level and message (the event name for log_event()). Returning true
+ * swallows the line. NULL removes it. `stagerelay status` shows a failing
+ * part's own warning this way.
+ */
+typedef bool (*log_hook_fn)(void *arg, enum log_level, const char *msg);
+void	log_set_hook(log_hook_fn, void *arg);
 int	log_reopen(void);
 int	log_level_parse(const char *, enum log_level *);
 int	log_format_parse(const char *, enum log_format *);

@@ -1757,15 +1757,16 @@ validate(struct loader *ld, struct config *cfg)
 		    "max_retry_delay_seconds: %g is less than "
 		    "retry_delay_seconds (%g)", SECTION,
 		    cfg->max_retry_delay_seconds, cfg->retry_delay_seconds);
-	if (*cfg->metrics.listen != '\0' && listen_ok(cfg->metrics.listen) &&
-	    httpd_check_listen(cfg->metrics.listen, herr, sizeof(herr)) == -1)
-		return verr(ld, SECTION ".metrics.listen", "%s.metrics.listen: "
-		    "%s (a numeric address: the master looks up no names); "
-		    "or \"\" to disable", SECTION, herr);
+	/* The form and port first, then the host as the server reads it. */
 	if (*cfg->metrics.listen != '\0' && !listen_ok(cfg->metrics.listen))
 		return verr(ld, SECTION ".metrics.listen", "%s.metrics.listen: "
 		    "expected host:port (e.g. 127.0.0.1:9464) or \"\" to "
 		    "disable, got \"%s\"", SECTION, cfg->metrics.listen);
+	if (*cfg->metrics.listen != '\0' &&
+	    httpd_check_listen(cfg->metrics.listen, herr, sizeof(herr)) == -1)
+		return verr(ld, SECTION ".metrics.listen", "%s.metrics.listen: "
+		    "%s (a numeric address: the master looks up no names); "
+		    "or \"\" to disable", SECTION, herr);
 	if (cfg->shared_dir[0] != '/')
 		return verr(ld, SECTION ".shared_dir", "%s.shared_dir: must be "
 		    "an absolute path, got \"%s\"", SECTION, cfg->shared_dir);

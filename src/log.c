@@ -27,7 +27,9 @@ static struct {
 	enum log_format	 format;
 	char		*file;
 	int		 fd;
-} lg = { "stagerelay", LOG_INFO, LOG_FMT_LOGFMT, NULL, 2 };
+	log_hook_fn	 hook;
+	void		*hook_arg;
+} lg = { "stagerelay", LOG_INFO, LOG_FMT_LOGFMT, NULL, 2, NULL, NULL };
 
 static const char *level_names[] = { "debug", "info", "warn", "error" };
 
@@ -57,6 +59,13 @@ void
 log_set_procname(const char *name)
 {
 	strlcpy_s(lg.procname, name ? name : "stagerelay", sizeof(lg.procname));
+}
+
+void
+log_set_hook(log_hook_fn hook, void *arg)
+{
+	lg.hook = hook;
+	lg.hook_arg = arg;
 }
 
 int
@@ -214,6 +223,10 @@ vlog(enum log_level level, int with_errno, const char *fmt, va_list ap)
 
 		snprintf(msg + n, sizeof(msg) - n, ": %s", strerror(saved));
 	}
+	if (lg.hook != NULL && lg.hook(lg.hook_arg, level, msg)) {
+		errno = saved;
+		return;
+	}
 	buf_init(&b);
 	line_start(&b, level, msg);
 	line_end(&b);
@@ -228,6 +241,8 @@ log_event(enum log_level level, const char *name, ...)
 	const char *k, *v;
 
 	if (level < lg.level)
+		return;
+	if (lg.hook != NULL && lg.hook(lg.hook_arg, level, name))
 		return;
 	buf_init(&b);
 	line_start(&b, level, name);

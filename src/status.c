@@ -13,14 +13,12 @@
 #endif
 
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -94,7 +92,7 @@ struct status {
 	struct stream		*stream;
 	struct ledger		*ledger;
 	CURL			*curl;
-	int			 capture_fd;	/* the log's memory file; -1 none */
+	char			 last_warning[ERR_MAX];	/* see on_log() */
 	/* The previous scrape, for events/s. */
 	bool			 have_prev;
 	long long		 prev_total;
@@ -113,108 +111,27 @@ on_signal(int sig)
 /* ---- the modules' warnings, captured ------------------------------------ */
 
 /*
- * The log goes to a memory file so a failing module's own message ("redis:
- * cannot connect to 127.0.0.1:6379: Connection refused") can be shown in
- * the report; if that cannot be set up it stays on stderr.
+ * A failing module's own message ("redis: cannot connect to
+ * 127.0.0.1:6379: Connection refused") becomes its part's error; the lines
+ * reach stderr only with -v.
  */
-static void
-capture_start(struct status *st)
-{
-	char path[64];
-	int fd, probe;
-
-	st->capture_fd = -1;
-	if ((fd = memfd_create("stagerelay-status", MFD_CLOEXEC)) == -1)
-		goto plain;
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	/* log_init() dies when it cannot open its file: try first. */
-	if ((probe = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)) == -1) {
-		close(fd);
-		goto plain;
-	}
-	close(probe);
-	log_init("status", st->opts->verbose ? LOG_DEBUG : LOG_WARN,
-	    LOG_FMT_LOGFMT, path);
-	st->capture_fd = fd;
-	return;
-plain:
-	log_init("status", st->opts->verbose ? LOG_DEBUG : LOG_WARN,
-	    LOG_FMT_LOGFMT, NULL);
-}
-
-static void
-capture_stop(struct status *st)
-{
-	log_init("status", LOG_WARN, LOG_FMT_LOGFMT, NULL);
-	if (st->capture_fd != -1)
-		close(st->capture_fd);
-	st->capture_fd = -1;
-}
-
-/* The msg= value of a logfmt line, unquoted, into out. */
 static bool
-logfmt_msg(const char *line, char *out, size_t len)
+on_log(void *arg, enum log_level level, const char *msg)
 {
-	const char *p = strstr(line, " msg=");
-	size_t n = 0;
+	struct status *st = arg;
 
-	if (p == NULL || len == 0)
-		return false;
-	p += 5;
-	if (*p != '"') {
-		while (*p != '\0' && *p != ' ' && n + 1 < len)
-			out[n++] = *p++;
-		out[n] = '\0';
-		return true;
-	}
-	for (p++; *p != '\0' && *p != '"' && n + 1 < len; p++) {
-		if (*p == '\\' && p[1] != '\0') {
-			p++;
-			out[n++] = *p == 'n' ? ' ' : *p == 't' ? ' ' : *p;
-		} else
-			out[n++] = *p;
-	}
-	out[n] = '\0';
-	return true;
+	if (level >= LOG_WARN)
+		strlcpy_s(st->last_warning, msg, sizeof(st->last_warning));
+	return !st->opts->verbose;
 }
 
-/*
- * Empties the captured log; the last warning or error in it, if any, goes
- * to why. With -v every line is passed on to stderr.
- */
+/* The last warning since the previous call, if any, goes to why. */
 static void
 capture_take(struct status *st, char *why, size_t len)
 {
-	struct buf b;
-	char chunk[4096], *line, *next;
-	ssize_t n;
-	off_t off = 0;
-
 	if (why != NULL && len > 0)
-		*why = '\0';
-	if (st->capture_fd == -1)
-		return;
-	buf_init(&b);
-	while ((n = pread(st->capture_fd, chunk, sizeof(chunk), off)) > 0) {
-		buf_append(&b, chunk, (size_t)n);
-		off += n;
-	}
-	if (ftruncate(st->capture_fd, 0) == -1) {
-		/* Cannot empty it: back to stderr rather than grow. */
-		capture_stop(st);
-		log_init("status", st->opts->verbose ? LOG_DEBUG : LOG_WARN,
-		    LOG_FMT_LOGFMT, NULL);
-	}
-	for (line = b.data; line != NULL && *line != '\0'; line = next) {
-		if ((next = strchr(line, '\n')) != NULL)
-			*next++ = '\0';
-		if (st->opts->verbose)
-			fprintf(stderr, "%s\n", line);
-		if (why != NULL && (strstr(line, " level=warn ") != NULL ||
-		    strstr(line, " level=error ") != NULL))
-			logfmt_msg(line, why, len);
-	}
-	buf_free(&b);
+		strlcpy_s(why, st->last_warning, len);
+	st->last_warning[0] = '\0';
 }
 
 /* ---- the daemon: its exposition ----------------------------------------- */
@@ -923,7 +840,9 @@ status_run(const struct config *cfg, const struct status_opts *opts)
 	memset(&st, 0, sizeof(st));
 	st.cfg = cfg;
 	st.opts = opts;
-	capture_start(&st);
+	log_init("status", opts->verbose ? LOG_DEBUG : LOG_WARN, LOG_FMT_LOGFMT,
+	    NULL);
+	log_set_hook(on_log, &st);
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
 		fatalx("status: curl_global_init failed");
 	st.stream = stream_new(cfg, "stagerelay-status");
@@ -979,8 +898,7 @@ status_run(const struct config *cfg, const struct status_opts *opts)
 	curl_global_cleanup();
 	stream_free(st.stream);
 	ledger_free(st.ledger);
-	capture_take(&st, NULL, 0);
-	capture_stop(&st);
+	log_set_hook(NULL, NULL);
 	if (opts->watch)
 		return 0;
 	return ok ? 0 : 1;

@@ -552,6 +552,38 @@ stream_ids_free(struct stream_ids *ids)
 	memset(ids, 0, sizeof(*ids));
 }
 
+/* A field of an XINFO reply map (a flat [key, value, ...] array), or NULL. */
+static const redisReply *
+map_get(const redisReply *m, const char *key)
+{
+	for (size_t j = 0; m->type == REDIS_REPLY_ARRAY && j + 1 < m->elements;
+	    j += 2) {
+		const redisReply *k = m->element[j];
+
+		if (k->type == REDIS_REPLY_STRING && strcmp(k->str, key) == 0)
+			return m->element[j + 1];
+	}
+	return NULL;
+}
+
+/* An integer field of an XINFO reply map, or -1 (absent, nil: unknown). */
+static long long
+map_int(const redisReply *m, const char *key)
+{
+	const redisReply *v = map_get(m, key);
+
+	return v != NULL && v->type == REDIS_REPLY_INTEGER ? v->integer : -1;
+}
+
+/* A string field of an XINFO reply map, or NULL. */
+static const char *
+map_str(const redisReply *m, const char *key)
+{
+	const redisReply *v = map_get(m, key);
+
+	return v != NULL && v->type == REDIS_REPLY_STRING ? v->str : NULL;
+}
+
 int
 stream_consumers(struct stream *s, struct stream_consumer **out)
 {
@@ -568,27 +600,16 @@ stream_consumers(struct stream *s, struct stream_consumer **out)
 	*out = xcalloc(r->elements ? r->elements : 1, sizeof(**out));
 	/* Each consumer is a flat map: name, pending, idle[, inactive]. */
 	for (size_t i = 0; i < r->elements; i++) {
-		redisReply *c = r->element[i];
+		const redisReply *c = r->element[i];
 		struct stream_consumer *sc = &(*out)[n];
+		const char *name;
 
-		if (c->type != REDIS_REPLY_ARRAY)
+		if ((name = map_str(c, "name")) == NULL)
 			continue;
-		sc->pending = -1;
-		for (size_t j = 0; j + 1 < c->elements; j += 2) {
-			const redisReply *k = c->element[j], *v = c->element[j + 1];
-
-			if (k->type != REDIS_REPLY_STRING)
-				continue;
-			if (strcmp(k->str, "name") == 0 &&
-			    v->type == REDIS_REPLY_STRING)
-				sc->name = xstrdup(v->str);
-			else if (strcmp(k->str, "pending") == 0)
-				sc->pending = v->integer;
-			else if (strcmp(k->str, "idle") == 0)
-				sc->idle_ms = v->integer;
-		}
-		if (sc->name != NULL)
-			n++;
+		sc->name = xstrdup(name);
+		sc->pending = map_int(c, "pending");
+		sc->idle_ms = map_int(c, "idle");
+		n++;
 	}
 	freeReplyObject(r);
 	return n;
@@ -696,20 +717,6 @@ stream_entry_exists(struct stream *s, const char *id)
 	return ret;
 }
 
-/* An integer field of an XINFO reply map, or -1 (nil: unknown). */
-static long long
-map_int(const redisReply *m, const char *key)
-{
-	for (size_t j = 0; j + 1 < m->elements; j += 2) {
-		const redisReply *k = m->element[j], *v = m->element[j + 1];
-
-		if (k->type != REDIS_REPLY_STRING || strcmp(k->str, key) != 0)
-			continue;
-		return v->type == REDIS_REPLY_INTEGER ? v->integer : -1;
-	}
-	return -1;
-}
-
 static long long
 xlen(struct stream *s, const char *key)
 {
@@ -747,20 +754,13 @@ stream_group_info(struct stream *s, struct stream_group_info *gi)
 	for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements;
 	    i++) {
 		const redisReply *g = r->element[i];
+		const char *name = map_str(g, "name");
 
-		for (size_t j = 0; g->type == REDIS_REPLY_ARRAY &&
-		    j + 1 < g->elements; j += 2) {
-			const redisReply *k = g->element[j], *v = g->element[j + 1];
-
-			if (k->type == REDIS_REPLY_STRING &&
-			    strcmp(k->str, "name") == 0 &&
-			    v->type == REDIS_REPLY_STRING &&
-			    strcmp(v->str, s->cfg->consumer_group) == 0) {
-				gi->group_exists = true;
-				gi->pending = map_int(g, "pending");
-				gi->lag = map_int(g, "lag");
-			}
-		}
+		if (name == NULL || strcmp(name, s->cfg->consumer_group) != 0)
+			continue;
+		gi->group_exists = true;
+		gi->pending = map_int(g, "pending");
+		gi->lag = map_int(g, "lag");
 	}
 	freeReplyObject(r);
 	return 0;

@@ -412,6 +412,14 @@ entry_time_ms(const char *id)
 	return strtoll(id, NULL, 10);
 }
 
+/* The state, and its copy in the counters the master shows. */
+static void
+circuit_set(struct worker *w, enum circuit_state state)
+{
+	w->circuit.state = state;
+	w->m->circuit = (int32_t)state;
+}
+
 /* The circuit breaker sees every response in order. */
 static void
 circuit_result(struct worker *w, bool transient)
@@ -422,8 +430,7 @@ circuit_result(struct worker *w, bool transient)
 	if (!transient) {
 		w->circuit.failures = 0;
 		if (w->circuit.state != CIRCUIT_CLOSED) {
-			w->circuit.state = CIRCUIT_CLOSED;
-			w->m->circuit = CIRCUIT_CLOSED;
+			circuit_set(w, CIRCUIT_CLOSED);
 			log_event(LOG_INFO, "circuit_closed", "consumer",
 			    w->consumer, (const char *)NULL);
 		}
@@ -435,8 +442,7 @@ circuit_result(struct worker *w, bool transient)
 	    w->circuit.failures < cfg->circuit_breaker.failure_threshold))
 		return;
 	/* Threshold reached, or the probe failed: (re)open. */
-	w->circuit.state = CIRCUIT_OPEN;
-	w->m->circuit = CIRCUIT_OPEN;
+	circuit_set(w, CIRCUIT_OPEN);
 	w->circuit.until_ms = now_mono_ms() +
 	    (long long)cfg->circuit_breaker.open_seconds * 1000;
 	snprintf(n, sizeof(n), "%d", w->circuit.failures);
@@ -1164,13 +1170,29 @@ touch(struct worker *w)
 		return;
 	}
 	ids = xcalloc(w->nheld, sizeof(*ids));
-	for (int i = 0; i < n; i++)
-		if (find_held(w, p[i].id) != NULL)
-			ids[k++] = find_held(w, p[i].id)->entry->id;
+	for (int i = 0; i < n; i++) {
+		const struct held *h = find_held(w, p[i].id);
+
+		if (h != NULL)
+			ids[k++] = h->entry->id;
+	}
 	if (k > 0 && (n = stream_touch(w->stream, ids, k)) < 0)
 		redis_trouble(w, n);
 	free(ids);
 	free(p);
+}
+
+/* A connection that was lost is back: say so and count it. */
+static void
+restored(struct worker *w, bool *lost, const char *service,
+    uint64_t *reconnects)
+{
+	if (!*lost)
+		return;
+	*lost = false;
+	(*reconnects)++;
+	log_event(LOG_INFO, "connection_restored", "service", service,
+	    "consumer", w->consumer, (const char *)NULL);
 }
 
 static int
@@ -1182,12 +1204,7 @@ connect_all(struct worker *w)
 	if (!stream_connected(w->stream)) {
 		if (stream_connect(w->stream) == -1)
 			return -1;
-		if (w->redis_lost) {
-			w->m->redis_reconnects++;
-			log_event(LOG_INFO, "connection_restored", "service",
-			    "redis", "consumer", w->consumer,
-			    (const char *)NULL);
-		}
+		restored(w, &w->redis_lost, "redis", &w->m->redis_reconnects);
 	}
 	w->redis_lost = false;
 	if (!ledger_connected(w->ledger)) {
@@ -1195,12 +1212,8 @@ connect_all(struct worker *w)
 			w->ledger_lost = true;
 			return -1;
 		}
-		if (w->ledger_lost) {
-			w->m->postgres_reconnects++;
-			log_event(LOG_INFO, "connection_restored", "service",
-			    "postgresql", "consumer", w->consumer,
-			    (const char *)NULL);
-		}
+		restored(w, &w->ledger_lost, "postgresql",
+		    &w->m->postgres_reconnects);
 	}
 	w->ledger_lost = false;
 	/* Every worker migrates once; the advisory lock serialises them. */
@@ -1338,8 +1351,7 @@ circuit_tick(struct worker *w, long long now)
 {
 	if (w->circuit.state != CIRCUIT_OPEN || now < w->circuit.until_ms)
 		return;
-	w->circuit.state = CIRCUIT_HALF_OPEN;
-	w->m->circuit = CIRCUIT_HALF_OPEN;
+	circuit_set(w, CIRCUIT_HALF_OPEN);
 	log_event(LOG_INFO, "circuit_half_open", "consumer", w->consumer,
 	    (const char *)NULL);
 }
@@ -1380,7 +1392,7 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 	w.trigger = trigger_new(cfg);
 	w.shm = opts->metrics;
 	w.m = w.shm != NULL ? &w.shm->slot[opts->slot] : &unsupervised;
-	w.m->circuit = CIRCUIT_CLOSED;
+	circuit_set(&w, CIRCUIT_CLOSED);
 	w.rng = ((uint64_t)getpid() << 32) ^ (uint64_t)now_wall_ms() ^
 	    0x9e3779b97f4a7c15ULL;
 	w.held_max = (size_t)cfg->batch_size * 10 > 100 ?

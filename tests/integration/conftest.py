@@ -192,9 +192,12 @@ class Result:
 class Daemon:
     """stagerelay running in the background; stderr collected by a thread."""
 
-    def __init__(self, args, env, allow_root=True, cwd=None):
+    def __init__(self, args, env, allow_root=True, cwd=None, prefix=()):
+        """prefix runs the binary through a wrapper that execs it (e.g.
+        `ip netns exec NS`), so the Popen pid stays stagerelay's."""
         self.args = args
-        self.proc = subprocess.Popen(consumer_argv(args, allow_root),
+        self.proc = subprocess.Popen(list(prefix) +
+                                     consumer_argv(args, allow_root),
                                      env=env, cwd=cwd,
                                      stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE,

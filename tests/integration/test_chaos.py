@@ -63,7 +63,7 @@ import logfmt
 import publish
 import servers
 from conftest import (DLQ, EXIT_OK, GROUP, STREAM, Daemon, Env, _merge,
-                      consumer_argv, pid_alive, wait_until)
+                      pid_alive, wait_until)
 
 EVENTS = int(os.environ.get("STAGERELAY_CHAOS_EVENTS") or 2000)
 DRAIN_TIMEOUT = float(os.environ.get("STAGERELAY_CHAOS_TIMEOUT") or 180)
@@ -1301,27 +1301,6 @@ def two_hosts():
             h.teardown()
 
 
-class NsDaemon(Daemon):
-    """stagerelay's prefork master started inside a network namespace
-    (`ip netns exec` execs it: the Popen pid is the master's). Same
-    collection of output as conftest's Daemon."""
-
-    def __init__(self, ns, args, env, cwd=None):
-        self.ns = ns
-        self.args = args
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns] + consumer_argv(args), env=env,
-            cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, errors="replace")
-        self.lines = []
-        self.stdout = ""
-        self._cond = threading.Condition()
-        self._err = threading.Thread(target=self._read_stderr, daemon=True)
-        self._out = threading.Thread(target=self._read_stdout, daemon=True)
-        self._err.start()
-        self._out.start()
-
-
 @pytest.fixture
 def two_host_env(two_hosts, tmp_path):
     addrs = [h.root_addr for h in two_hosts]
@@ -1366,7 +1345,8 @@ def test_chaos_two_hosts_one_dies_the_other_reclaims(two_host_env, request):
             consumer_name=h.name, redis_host=h.root_addr,
             nlp_api={"base_url": env.mock.url_for(h.root_addr)},
             ledger={"dsn": env.pg.dsn_for(env.dbname, host=h.root_addr)}))
-        d = NsDaemon(h.ns, ["-c", config], env._env(), cwd=env.tmpdir)
+        d = Daemon(["-c", config], env._env(), cwd=env.tmpdir,
+                   prefix=["ip", "netns", "exec", h.ns])
         env.daemons.append(d)
         h.daemon = d
         d.wait_log("worker_started", timeout=15)

@@ -149,6 +149,22 @@ class _Server:
         self.stop()
         return False
 
+    def _launch_on_a_free_port(self, attempts, stop_sig=signal.SIGTERM):
+        """_launch() on a fresh free port until it comes up (another
+        process may take the port between free_port() and the bind)."""
+        last = None
+        for _ in range(attempts):
+            self.port = free_port()
+            try:
+                self._launch()
+                return self
+            except ServerError as e:
+                last = e
+                _stop_process(self.proc, stop_sig)
+        log = _tail(self.logfile)
+        self.stop()
+        raise ServerError("%s\n%s" % (last, log))
+
 
 # ---- Redis -------------------------------------------------------------
 
@@ -215,18 +231,7 @@ class RedisServer(_Server):
                               "redis-server; or set REDIS_SERVER)")
         self.dir = tempfile.mkdtemp(prefix="stagerelay-redis-", dir="/tmp")
         self.logfile = os.path.join(self.dir, "redis.log")
-        last = None
-        for _ in range(attempts):
-            self.port = free_port()
-            try:
-                self._launch()
-                return self
-            except ServerError as e:
-                last = e
-                _stop_process(self.proc)
-        log = _tail(self.logfile)
-        self.stop()
-        raise ServerError("%s\n%s" % (last, log))
+        return self._launch_on_a_free_port(attempts)
 
     def _wait_ready(self, timeout=10.0):
         deadline = time.monotonic() + timeout
@@ -401,18 +406,7 @@ class PostgresServer(_Server):
             # Appended as the cluster's owner wrote the file; root may.
             with open(os.path.join(self.data, "pg_hba.conf"), "a") as f:
                 f.write("".join(line + "\n" for line in self.hba))
-        last = None
-        for _ in range(attempts):
-            self.port = free_port()
-            try:
-                self._launch()
-                return self
-            except ServerError as e:
-                last = e
-                _stop_process(self.proc, signal.SIGINT)
-        log = _tail(self.logfile)
-        self.stop()
-        raise ServerError("%s\n%s" % (last, log))
+        return self._launch_on_a_free_port(attempts, signal.SIGINT)
 
     def _launch(self):
         argv = [self._binary("postgres"), "-D", self.data,
