@@ -661,7 +661,7 @@ def test_redis_connections_killed_mid_flight(env):
     assert keys(env.requests()) == ["doc-k1", "doc-k2", "doc-k3"]
     assert env.row("doc-k1")["attempts"] == 1
     # Acknowledged on the second look, found done in the ledger.
-    assert d.log("event_duplicate", document_id="doc-k1"), d.stderr
+    d.wait_log("event_duplicate", timeout=5, document_id="doc-k1")
     assert env.dead_letters() == []
     assert d.stop() == EXIT_OK
 

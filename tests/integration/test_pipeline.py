@@ -435,7 +435,7 @@ def test_deleted_stream_group_is_recreated_and_consumption_goes_on(env):
 
     keys = sorted(r["headers"]["idempotency-key"] for r in env.requests())
     assert keys == ["doc-after-0", "doc-after-1", "doc-before"]
-    assert d.log("event_triggered", event_id=first.id)
+    d.wait_log("event_triggered", timeout=5, event_id=first.id)
     # Loudly: an operator must learn that the group vanished.
     d.wait_log("group_recreated", timeout=1)
     assert d.stop() == EXIT_OK
@@ -466,7 +466,7 @@ def test_events_published_right_after_the_stream_vanished_are_not_lost(
     wait_until(lambda: env.row_status("doc-right-after") == "triggered",
                timeout=3, what="doc-right-after (published into the new "
                "stream before the group was re-created) triggered")
-    assert d.log("event_triggered", event_id=later.id)
+    d.wait_log("event_triggered", timeout=5, event_id=later.id)
     assert d.stop() == EXIT_OK
 
 

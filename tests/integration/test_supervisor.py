@@ -300,8 +300,9 @@ def test_stopped_worker_is_detected_as_hung_killed_and_respawned(env):
         pub = env.publisher.document_cleaned("doc-after-hang", "alive")
         wait_all_triggered(env, ["doc-after-hang"], timeout=15)
         assert keys_of(env.requests()) == ["doc-after-hang"]
-        assert d.log("event_triggered", event_id=pub.id,
-                     proc="worker-1")
+        # The ledger row is written before the log line is read here.
+        d.wait_log("event_triggered", timeout=5, event_id=pub.id,
+                   proc="worker-1")
     finally:
         kill_leftovers([old])
     assert d.stop() == EXIT_OK
