@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "stagerelay.h"
+#include "cli.h"
 #include "status.h"
 #include "supervisor.h"
 
@@ -28,8 +29,6 @@
 #define SYSCONFDIR "/etc"
 #endif
 #define DEFAULT_CONFIG	SYSCONFDIR "/stagerelay.yaml"
-
-#define EXIT_USAGE	64	/* EX_USAGE */
 
 static volatile sig_atomic_t stop_requested;
 static volatile sig_atomic_t reopen_requested;
@@ -125,46 +124,47 @@ cmd_check(const char *path)
 	return 0;
 }
 
-static int
-cmd_ledger(const char *path, int argc, char **argv, bool verbose)
-{
-	struct config cfg;
-	struct ledger *l;
-	int v, code = 0;
-
-	if (argc < 1 || strcmp(argv[0], "migrate") != 0) {
-		fprintf(stderr, "stagerelay: ledger: expected \"migrate\"\n");
-		return EXIT_USAGE;
-	}
-	if (load(path, &cfg) == -1)
-		return CONFIG_EXIT_ERROR;
-	setup_logging(&cfg, verbose, "ledger");
-	l = ledger_new(cfg.ledger.dsn, cfg.ledger.schema, cfg.consumer_group,
-	    "ledger-migrate", cfg.source_stream);
-	if ((v = ledger_migrate(l)) < 0)
-		code = 1;
-	else
-		printf("ledger schema %s at version %d\n", cfg.ledger.schema, v);
-	ledger_free(l);
-	config_free(&cfg);
-	return code;
-}
-
 /* 0 all parts reachable, 1 one was not, 78 a bad config. */
 static int
-cmd_status(const char *path, int argc, char **argv,
-    const struct status_opts *so)
+cmd_status(struct cli *cli, int argc, char **argv, struct status_opts *so)
 {
+	static const struct option longopts[] = {
+		{ "config",	required_argument,	NULL, 'c' },
+		{ "verbose",	no_argument,		NULL, 'v' },
+		{ "json",	no_argument,		NULL, 'J' },
+		{ "watch",	no_argument,		NULL, 'W' },
+		{ NULL,		0,			NULL, 0 }
+	};
 	struct config cfg;
-	int code;
+	int ch, code;
 
-	if (argc > 0) {
+	optind = 0;	/* glibc: 0 starts a fresh scan */
+	while ((ch = getopt_long(argc, argv, "c:v", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'c':
+			cli->config_path = optarg;
+			break;
+		case 'v':
+			cli->verbose = true;
+			break;
+		case 'J':
+			so->json = true;
+			break;
+		case 'W':
+			so->watch = true;
+			break;
+		default:
+			return EXIT_USAGE;
+		}
+	}
+	if (optind < argc) {
 		fprintf(stderr, "stagerelay: status: unexpected \"%s\"\n",
-		    argv[0]);
+		    argv[optind]);
 		return EXIT_USAGE;
 	}
-	if (load(path, &cfg) == -1)
+	if (load(cli->config_path, &cfg) == -1)
 		return CONFIG_EXIT_ERROR;
+	so->verbose = cli->verbose;
 	code = status_run(&cfg, so);
 	config_free(&cfg);
 	return code;
@@ -397,6 +397,7 @@ main(int argc, char **argv)
 	};
 	struct run_opts ro;
 	struct status_opts so;
+	struct cli cli;
 	const char *path = DEFAULT_CONFIG;
 	bool test = false, drain = false, verbose = false;
 	char *end;
@@ -408,7 +409,8 @@ main(int argc, char **argv)
 	ro.argc = argc;
 	ro.argv = argv;
 	proctitle_init(argc, argv);
-	while ((ch = getopt_long(argc, argv, "c:tvVhw:dp:u:", longopts,
+	/* "+": options after a subcommand's name are the subcommand's. */
+	while ((ch = getopt_long(argc, argv, "+c:tvVhw:dp:u:", longopts,
 	    NULL)) != -1) {
 		switch (ch) {
 		case 'c':
@@ -464,6 +466,8 @@ main(int argc, char **argv)
 	argc -= optind;
 	argv += optind;
 
+	cli.config_path = path;
+	cli.verbose = verbose;
 	if ((so.json || so.watch) &&
 	    (argc == 0 || strcmp(argv[0], "status") != 0)) {
 		fprintf(stderr, "stagerelay: --json and --watch go with "
@@ -472,14 +476,16 @@ main(int argc, char **argv)
 	}
 	if (test)
 		return cmd_check(path);
-	if (argc > 0 && strcmp(argv[0], "status") == 0) {
-		so.verbose = verbose;
-		return cmd_status(path, argc - 1, argv + 1, &so);
-	}
+	if (argc > 0 && strcmp(argv[0], "status") == 0)
+		return cmd_status(&cli, argc, argv, &so);
 	if (argc > 0 && strcmp(argv[0], "check-config") == 0)
 		return cmd_check(path);
 	if (argc > 0 && strcmp(argv[0], "ledger") == 0)
-		return cmd_ledger(path, argc - 1, argv + 1, verbose);
+		return ledgercmd_main(&cli, argc, argv);
+	if (argc > 0 && strcmp(argv[0], "dlq") == 0)
+		return dlq_main(&cli, argc, argv);
+	if (argc > 0 && strcmp(argv[0], "process-backlog") == 0)
+		return backlog_main(&cli, argc, argv);
 	if (argc > 0 && strcmp(argv[0], "run") != 0) {
 		fprintf(stderr, "stagerelay: unknown command \"%s\"\n",
 		    argv[0]);
