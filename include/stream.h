@@ -159,4 +159,11 @@ int	stream_entry_exists(struct stream *, const char *id);
 /* A deep copy in one allocation: free() it. */
 struct stream_entry *stream_entry_dup(const struct stream_entry *);
 
+/*
+ * The hiredis context, connected (stream_connect() first if need be), for
+ * tools that run their own commands (dlq.c). NULL after logging why.
+ * Borrowed: stream_free() releases it.
+ */
+struct redisContext *stream_redis(struct stream *);
+
 #endif

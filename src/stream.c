@@ -765,3 +765,11 @@ stream_group_info(struct stream *s, struct stream_group_info *gi)
 	freeReplyObject(r);
 	return 0;
 }
+
+struct redisContext *
+stream_redis(struct stream *s)
+{
+	if (s->rc == NULL && stream_connect(s) == -1)
+		return NULL;
+	return s->rc;
+}
