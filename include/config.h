@@ -39,7 +39,9 @@ struct route {
 	enum content_mode content_mode;
 	char		 *success_field;	/* optional JSON bool that must be true */
 	char		 *job_id_field;		/* optional: remote job id to store */
-	char		 *documents_file;	/* optional template (batch routes; later issue) */
+	char		 *documents_file;	/* optional template: a JSONL file in shared_dir */
+	char		 *kind;		/* "document" or "batch" (default: batch
+					   when documents_file is set) */
 	int		  line;		/* where the route starts in the file */
 };
 
@@ -86,6 +88,8 @@ struct config {
 	char		*event_field;		/* structured layout field, default "event" */
 	size_t		 max_event_bytes;	/* default 1 MiB */
 	char		*shared_dir;		/* default "/shared" */
+	int		 max_batch_documents;	/* per batch request; default 500 */
+	size_t		 max_documents_file_bytes; /* default 64 MiB */
 	int		 claim_interval_ms;	/* default 30000 */
 	int		 claim_idle_ms;		/* default 60000 */
 	int		 max_deliveries;	/* default 10 */

@@ -59,6 +59,9 @@ struct ledger_doc {
 	const char	*error;
 	bool		 requested;	/* a delivery row is written */
 	const char	*outcome;	/* of the request: success, transient, permanent */
+	const char	*delivery_key;	/* a batch's documents: the request's
+					   key (one deliveries row for all);
+					   NULL: document_id */
 	bool		 count_retry;	/* FAILED: counts against max_retries */
 	long long	 retry_in_ms;	/* FAILED: next attempt due; -1 none */
 };

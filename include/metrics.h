@@ -45,6 +45,7 @@ enum metrics_reason {
 	MR_RETRIES_EXHAUSTED,
 	MR_POISON,
 	MR_LOST,
+	MR_DOCUMENTS_FILE,	/* a batch route's file refused or unreadable */
 	MR_OTHER,
 	MR_COUNT
 };

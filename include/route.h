@@ -38,6 +38,24 @@ int	route_render(const struct route *, const struct config *,
 	    size_t errlen);
 void	request_free(struct request *);
 
+/*
+ * The documents file a batch route names for ev, rendered: a malloc'd
+ * path, or NULL with err set (a render error).
+ */
+char	*route_documents_file(const struct route *, const struct cloudevent *,
+	    char *err, size_t errlen);
+
+/*
+ * Renders request part of nparts (1-based) of a batch route. The
+ * templates see the event and {{documents}} (documents, an array of
+ * document objects each with a string document_id) and {{document_ids}}.
+ * A split batch's keys get "#part/nparts" appended. Returns 0, or -1
+ * with err set.
+ */
+int	route_render_batch(const struct route *, const struct config *,
+	    const struct cloudevent *, const cJSON *documents, size_t part,
+	    size_t nparts, struct request *out, char *err, size_t errlen);
+
 /* Default routes of DESIGN.md §4 (used when the config has no routes:). */
 struct route	*route_defaults(size_t *n);
 void		 route_free(struct route *);	/* frees members, not the struct */

@@ -34,6 +34,15 @@ void	 buf_printf(struct buf *, const char *, ...)
 /* Hands the data to the caller (free() it) and resets the buffer. */
 char	*buf_steal(struct buf *);
 
+/* A set of strings (borrowed, not copied) sized for about n of them. */
+struct strset {
+	const char	**slot;
+	size_t		  cap;		/* a power of two, at least 2n */
+};
+void	 strset_init(struct strset *, size_t n);
+int	 strset_add(struct strset *, const char *);	/* 0 if present */
+void	 strset_free(struct strset *);
+
 /* Monotonic and wall clocks in milliseconds. */
 long long	 now_mono_ms(void);
 long long	 now_wall_ms(void);

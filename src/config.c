@@ -49,9 +49,6 @@ static const struct {
 } pending_table[] = {
 	{ SECTION ".backlog_batch_size",	"process-backlog" },
 	{ SECTION ".backlog_max_age_hours",	"process-backlog" },
-	{ SECTION ".batch_mode",		"batch routes" },
-	{ SECTION ".shared_dir",		"batch routes" },
-	{ SECTION ".routes[].documents_file",	"batch routes" },
 };
 
 enum ktype {
@@ -113,6 +110,7 @@ static const char *const log_levels[] = {
 static const char *const http_methods[] = {
 	"GET", "POST", "PUT", "PATCH", "DELETE", NULL
 };
+static const char *const route_kinds[] = { "document", "batch", NULL };
 /* Same order as enum content_mode. */
 static const char *const content_modes[] = {
 	"body", "structured", "binary", NULL
@@ -182,6 +180,7 @@ static const struct kdef route_keys[] = {
 	K_OPT("job_id_field", RT(job_id_field)),
 	{ .name = "documents_file", .type = KT_OPTSTRING,
 	    .off = RT(documents_file), .flags = KF_TEMPLATE },
+	K_CHOICE("kind", RT(kind), route_kinds),
 	K_END
 };
 
@@ -223,6 +222,9 @@ static const struct kdef section_keys[] = {
 	/* Redis strings stop at 512 MiB. */
 	K_SIZE("max_event_bytes", CFG(max_event_bytes), 1024, 536870912),
 	K_STR("shared_dir", CFG(shared_dir)),
+	K_INT("max_batch_documents", CFG(max_batch_documents), 1, 1000000),
+	K_SIZE("max_documents_file_bytes", CFG(max_documents_file_bytes),
+	    1024, (size_t)1 << 34),
 	K_DOUBLE("max_retry_delay_seconds", CFG(max_retry_delay_seconds),
 	    86400),
 	K_LONG("dead_letter_maxlen", CFG(dead_letter_maxlen), 0, 1000000000),
@@ -1130,6 +1132,15 @@ parse_route(struct loader *ld, yaml_node_t *item, size_t idx,
 		    msg[0] ? msg : "syntax error");
 		goto out;
 	}
+	/* A route that reads a documents file triggers batches. */
+	if (r->kind == NULL)
+		r->kind = xstrdup(r->documents_file != NULL ? "batch" :
+		    "document");
+	if (r->documents_file != NULL && strcmp(r->kind, "batch") != 0) {
+		lerr(ld, item, "%s: documents_file makes a batch route "
+		    "(drop kind: document, or the documents_file)", rkey);
+		goto out;
+	}
 	if (r->name == NULL)
 		r->name = xasprintf("route[%zu]", idx);
 	rv = 0;
@@ -1435,6 +1446,8 @@ config_defaults(struct config *cfg)
 	cfg->event_field = xstrdup("event");
 	cfg->max_event_bytes = 1024 * 1024;
 	cfg->shared_dir = xstrdup("/shared");
+	cfg->max_batch_documents = 500;
+	cfg->max_documents_file_bytes = (size_t)64 << 20;
 	cfg->claim_interval_ms = 30000;
 	cfg->claim_idle_ms = 60000;
 	cfg->max_deliveries = 10;
@@ -2264,6 +2277,9 @@ config_print(FILE *f, const struct config *cfg)
 	print_str(f, 2, "event_field", cfg->event_field);
 	print_int(f, 2, "max_event_bytes", (long long)cfg->max_event_bytes);
 	print_str(f, 2, "shared_dir", cfg->shared_dir);
+	print_int(f, 2, "max_batch_documents", cfg->max_batch_documents);
+	fprintf(f, "  max_documents_file_bytes: %zu\n",
+	    cfg->max_documents_file_bytes);
 	print_num(f, 2, "max_retry_delay_seconds",
 	    cfg->max_retry_delay_seconds);
 	print_int(f, 2, "dead_letter_maxlen", cfg->dead_letter_maxlen);
@@ -2311,6 +2327,7 @@ config_print(FILE *f, const struct config *cfg)
 		print_str(f, 6, "success_field", r->success_field);
 		print_str(f, 6, "job_id_field", r->job_id_field);
 		print_str(f, 6, "documents_file", r->documents_file);
+		print_str(f, 6, "kind", r->kind);
 	}
 
 	fprintf(f, "  ledger:\n");

@@ -146,6 +146,32 @@ static const struct migration {
 "COMMENT ON COLUMN @S@.deliveries.outcome IS 'How the request ended: success, transient (408, 425, 429, 5xx, timeout or connection error: retried until max_retries) or permanent (any other answer, or a 2xx the route''s success field refused).';\n"
 "COMMENT ON COLUMN @S@.processed_documents.status IS 'claimed (in flight), triggered (NLP accepted it), failed (transient failure, retried at retry_at), dead (gave up: permanent failure, retries exhausted or poison; see the dead-letter stream), observed (seen with auto_process off), expired (too old for the backlog).';\n"
 	},
+	{ 3, "batches: deliveries.documents; backlog_progress",
+"ALTER TABLE @S@.deliveries\n"
+"  ADD COLUMN documents integer NOT NULL DEFAULT 1;\n"
+"CREATE TABLE @S@.backlog_progress (\n"
+"  consumer_group text NOT NULL,\n"
+"  stream         text NOT NULL,\n"
+"  start_id       text NOT NULL,\n"
+"  end_id         text NOT NULL,\n"
+"  last_id        text,\n"
+"  entries_done   bigint NOT NULL DEFAULT 0,\n"
+"  started_at     timestamptz NOT NULL DEFAULT now(),\n"
+"  updated_at     timestamptz NOT NULL DEFAULT now(),\n"
+"  finished_at    timestamptz,\n"
+"  PRIMARY KEY (consumer_group, stream)\n"
+");\n"
+"COMMENT ON COLUMN @S@.deliveries.documents IS 'Documents the request carried: 1, or the documents of a batch request (processed_documents rows whose last_delivery_id is this row).';\n"
+"COMMENT ON COLUMN @S@.deliveries.idempotency_key IS 'Idempotency-Key header sent: the document id, or for a batch request the route''s key (job:<job_id>), with #<part>/<parts> appended when the batch was split.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.document_id IS 'The document id: the rendered idempotency key of a document route, or a document_id line of a batch route''s documents file. Events of a route that is not in effect (batch_mode) are recorded observed under their own key, e.g. job:<job_id>.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.event_id IS 'CloudEvent id of the event that last claimed the document: the document event, or the job event whose batch carried it.';\n"
+"COMMENT ON TABLE @S@.backlog_progress IS 'Where stagerelay process-backlog got to, per consumer group and stream, so --resume continues after last_id.';\n"
+"COMMENT ON COLUMN @S@.backlog_progress.start_id IS 'First stream id of the run (--start-id, or - for the beginning).';\n"
+"COMMENT ON COLUMN @S@.backlog_progress.end_id IS 'Last stream id of the run (--end-id, or the last entry when the run began).';\n"
+"COMMENT ON COLUMN @S@.backlog_progress.last_id IS 'The last entry finished: every entry up to it is accounted for in processed_documents or the dead-letter stream.';\n"
+"COMMENT ON COLUMN @S@.backlog_progress.entries_done IS 'Entries finished so far in this run.';\n"
+"COMMENT ON COLUMN @S@.backlog_progress.finished_at IS 'When the run reached end_id; NULL while it is unfinished (interrupted runs can be resumed).';\n"
+	},
 };
 
 static const char sql_claim[] =
@@ -205,24 +231,30 @@ static const char sql_claim[] =
 "  LEFT JOIN @S@.processed_documents d\n"
 "         ON d.consumer_group = $1 AND d.document_id = i.document_id";
 
+/*
+ * Documents of one request share a delivery row: those of a batch carry
+ * the request's key in delivery_key, a lone document its own id.
+ */
 static const char sql_record[] =
 "WITH r AS (\n"
-"  SELECT * FROM unnest($3::text[], $4::text[], $5::int[], $6::float8[],\n"
-"                       $7::text[], $8::text[], $9::text[], $10::text[],\n"
-"                       $11::text[], $12::text[], $13::text[], $14::boolean[],\n"
-"                       $15::float8[], $16::boolean[], $17::text[])\n"
+"  SELECT t.*, coalesce(t.delivery_key, t.document_id) AS dkey\n"
+"    FROM unnest($3::text[], $4::text[], $5::int[], $6::float8[],\n"
+"                $7::text[], $8::text[], $9::text[], $10::text[],\n"
+"                $11::text[], $12::text[], $13::text[], $14::boolean[],\n"
+"                $15::float8[], $16::boolean[], $17::text[], $18::text[])\n"
 "    AS t(document_id, status, http_status, latency_ms, remote_job_id, error,\n"
 "         route, method, url, event_id, stream_entry_id, requested,\n"
-"         retry_in_ms, count_retry, outcome)\n"
+"         retry_in_ms, count_retry, outcome, delivery_key)\n"
 "), del AS (\n"
 "  INSERT INTO @S@.deliveries (consumer_group, route, method, url,\n"
 "      idempotency_key, http_status, latency_ms, outcome, remote_job_id,\n"
-"      error, event_id, stream_entry_id)\n"
-"  SELECT $1, route, method, url, document_id, http_status, latency_ms,\n"
-"         outcome,\n"
-"         remote_job_id, error, event_id, stream_entry_id\n"
+"      error, event_id, stream_entry_id, documents)\n"
+"  SELECT $1, min(route), min(method), min(url), dkey, min(http_status),\n"
+"         min(latency_ms), min(outcome), min(remote_job_id), min(error),\n"
+"         min(event_id), stream_entry_id, count(*)\n"
 "    FROM r WHERE requested\n"
-"  RETURNING delivery_id, idempotency_key\n"
+"   GROUP BY dkey, stream_entry_id\n"
+"  RETURNING delivery_id, idempotency_key, stream_entry_id\n"
 ")\n"
 "UPDATE @S@.processed_documents d SET\n"
 "  status = r.status,\n"
@@ -237,7 +269,8 @@ static const char sql_record[] =
 "  last_delivery_id = coalesce(del.delivery_id, d.last_delivery_id),\n"
 "  triggered_at = CASE WHEN r.status = 'triggered' THEN now() ELSE d.triggered_at END,\n"
 "  updated_at = now()\n"
-"  FROM r LEFT JOIN del ON del.idempotency_key = r.document_id\n"
+"  FROM r LEFT JOIN del ON del.idempotency_key = r.dkey\n"
+"                      AND del.stream_entry_id IS NOT DISTINCT FROM r.stream_entry_id\n"
 " WHERE d.consumer_group = $1 AND d.document_id = r.document_id\n"
 "   AND d.status = 'claimed' AND d.claimed_by = $2";
 
@@ -686,8 +719,8 @@ out:
 int
 ledger_record(struct ledger *l, struct ledger_doc *docs, size_t n)
 {
-	struct buf a[15];
-	const char *params[17];
+	struct buf a[16];
+	const char *params[18];
 	char num[64];
 	PGresult *res;
 	int ret = -1;
@@ -696,7 +729,7 @@ ledger_record(struct ledger *l, struct ledger_doc *docs, size_t n)
 		return 0;
 	if (ensure_conn(l) == -1)
 		return -1;
-	arrays_open(a, 15);
+	arrays_open(a, 16);
 	for (size_t i = 0; i < n; i++) {
 		const struct ledger_doc *d = &docs[i];
 
@@ -719,13 +752,14 @@ ledger_record(struct ledger *l, struct ledger_doc *docs, size_t n)
 		    d->retry_in_ms >= 0 ? num : NULL);
 		array_text(&a[13], d->count_retry ? "true" : "false");
 		array_text(&a[14], d->outcome ? d->outcome : "permanent");
+		array_text(&a[15], d->delivery_key);
 	}
-	arrays_close(a, 15, params + 2);
+	arrays_close(a, 16, params + 2);
 	params[0] = l->group;
 	params[1] = l->consumer;
-	res = PQexecParams(l->conn, l->sql_record, 17, NULL, params, NULL,
+	res = PQexecParams(l->conn, l->sql_record, 18, NULL, params, NULL,
 	    NULL, 0);
-	arrays_free(a, 15);
+	arrays_free(a, 16);
 	if (PQresultStatus(res) != PGRES_COMMAND_OK)
 		log_warnx("ledger: record failed: %s", pg_error(l->conn, res));
 	else {

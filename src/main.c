@@ -139,6 +139,38 @@ cmd_check(const char *path)
 	return 0;
 }
 
+/* check-config [-c file]: -t as a subcommand. */
+static int
+cmd_check_config(struct cli *cli, int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "config",	required_argument,	NULL, 'c' },
+		{ "verbose",	no_argument,		NULL, 'v' },
+		{ NULL,		0,			NULL, 0 }
+	};
+	int ch;
+
+	optind = 0;	/* glibc: 0 starts a fresh scan */
+	while ((ch = getopt_long(argc, argv, "c:v", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'c':
+			cli->config_path = optarg;
+			break;
+		case 'v':
+			cli->verbose = true;
+			break;
+		default:
+			return EXIT_USAGE;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "stagerelay: check-config: unexpected \"%s\"\n",
+		    argv[optind]);
+		return EXIT_USAGE;
+	}
+	return cmd_check(cli->config_path);
+}
+
 /* 0 all parts reachable, 1 one was not, 78 a bad config. */
 static int
 cmd_status(struct cli *cli, int argc, char **argv, struct status_opts *so)
@@ -494,7 +526,7 @@ main(int argc, char **argv)
 	if (argc > 0 && strcmp(argv[0], "status") == 0)
 		return cmd_status(&cli, argc, argv, &so);
 	if (argc > 0 && strcmp(argv[0], "check-config") == 0)
-		return cmd_check(path);
+		return cmd_check_config(&cli, argc, argv);
 	if (argc > 0 && strcmp(argv[0], "ledger") == 0)
 		return ledgercmd_main(&cli, argc, argv);
 	if (argc > 0 && strcmp(argv[0], "dlq") == 0)

@@ -50,6 +50,7 @@ static const char *const reason_names[MR_COUNT] = {
 	[MR_RETRIES_EXHAUSTED] = "retries_exhausted",
 	[MR_POISON] = "poison",
 	[MR_LOST] = "lost",
+	[MR_DOCUMENTS_FILE] = "documents_file",
 	[MR_OTHER] = "other",
 };
 
@@ -206,6 +207,7 @@ metrics_reason_of(const char *r)
 		{ "retries_exhausted",	MR_RETRIES_EXHAUSTED },
 		{ "poison",		MR_POISON },
 		{ "lost",		MR_LOST },
+		{ "documents_file",	MR_DOCUMENTS_FILE },
 	};
 	size_t i;
 

@@ -130,14 +130,14 @@ add_header(struct request *rq, const char *name, const char *value)
 }
 
 static int
-render_key(const struct route *r, const struct cloudevent *ev,
-    struct request *rq, char *err, size_t errlen)
+render_key(const struct route *r, const cJSON *ctx, struct request *rq,
+    char *err, size_t errlen)
 {
 	char msg[512];
 
 	msg[0] = '\0';
 	rq->idempotency_key = template_render_string(r->idempotency_key,
-	    ev->json, msg, sizeof(msg));
+	    ctx, msg, sizeof(msg));
 	if (rq->idempotency_key == NULL) {
 		snprintf(err, errlen, "idempotency_key: %s", msg);
 		return -1;
@@ -162,16 +162,15 @@ render_key(const struct route *r, const struct cloudevent *ev,
  * its authority ("@evil.example" stays a path segment).
  */
 static int
-render_url(const struct route *r, const struct config *cfg,
-    const struct cloudevent *ev, struct request *rq, char *err,
-    size_t errlen)
+render_url(const struct route *r, const struct config *cfg, const cJSON *ctx,
+    struct request *rq, char *err, size_t errlen)
 {
 	const char *base = cfg->nlp_api.base_url, *p;
 	char msg[512], *path;
 	size_t blen;
 
 	msg[0] = '\0';
-	if ((path = template_render_string(r->path, ev->json, msg,
+	if ((path = template_render_string(r->path, ctx, msg,
 	    sizeof(msg))) == NULL) {
 		snprintf(err, errlen, "path: %s", msg);
 		return -1;
@@ -197,8 +196,8 @@ render_url(const struct route *r, const struct config *cfg,
 }
 
 static int
-render_body(const struct route *r, const struct cloudevent *ev,
-    struct request *rq, char *err, size_t errlen)
+render_body(const struct route *r, const cJSON *ctx, struct request *rq,
+    char *err, size_t errlen)
 {
 	char msg[512];
 	cJSON *body;
@@ -208,7 +207,7 @@ render_body(const struct route *r, const struct cloudevent *ev,
 		return -1;
 	}
 	msg[0] = '\0';
-	if ((body = template_render(r->body, ev->json, msg,
+	if ((body = template_render(r->body, ctx, msg,
 	    sizeof(msg))) == NULL) {
 		snprintf(err, errlen, "body: %s", msg);
 		return -1;
@@ -282,10 +281,11 @@ data_id(const struct cloudevent *ev, const char *name)
 	return s;
 }
 
-int
-route_render(const struct route *r, const struct config *cfg,
-    const struct cloudevent *ev, struct request *out, char *err,
-    size_t errlen)
+/* Renders r's request for ev; templates see ctx (the event, or more). */
+static int
+render(const struct route *r, const struct config *cfg,
+    const struct cloudevent *ev, const cJSON *ctx, struct request *out,
+    char *err, size_t errlen)
 {
 	memset(out, 0, sizeof(*out));
 	out->route = r;
@@ -298,12 +298,12 @@ route_render(const struct route *r, const struct config *cfg,
 
 	out->method = xstrdup(r->method != NULL && *r->method != '\0' ?
 	    r->method : "POST");
-	if (render_key(r, ev, out, err, errlen) == -1 ||
-	    render_url(r, cfg, ev, out, err, errlen) == -1)
+	if (render_key(r, ctx, out, err, errlen) == -1 ||
+	    render_url(r, cfg, ctx, out, err, errlen) == -1)
 		goto fail;
 	switch (r->content_mode) {
 	case CONTENT_BODY:
-		if (render_body(r, ev, out, err, errlen) == -1)
+		if (render_body(r, ctx, out, err, errlen) == -1)
 			goto fail;
 		/* Lets the API trace the request back to the Stage 1 event. */
 		add_header(out, "id", ev->id);
@@ -331,6 +331,66 @@ route_render(const struct route *r, const struct config *cfg,
 fail:
 	request_free(out);
 	return -1;
+}
+
+int
+route_render(const struct route *r, const struct config *cfg,
+    const struct cloudevent *ev, struct request *out, char *err,
+    size_t errlen)
+{
+	return render(r, cfg, ev, ev != NULL ? ev->json : NULL, out, err,
+	    errlen);
+}
+
+char *
+route_documents_file(const struct route *r, const struct cloudevent *ev,
+    char *err, size_t errlen)
+{
+	char msg[512], *path;
+
+	msg[0] = '\0';
+	if (r->documents_file == NULL) {
+		snprintf(err, errlen, "the route has no documents_file");
+		return NULL;
+	}
+	if ((path = template_render_string(r->documents_file, ev->json, msg,
+	    sizeof(msg))) == NULL)
+		snprintf(err, errlen, "documents_file: %s", msg);
+	return path;
+}
+
+int
+route_render_batch(const struct route *r, const struct config *cfg,
+    const struct cloudevent *ev, const cJSON *documents, size_t part,
+    size_t nparts, struct request *out, char *err, size_t errlen)
+{
+	cJSON *ctx, *ids;
+	const cJSON *c;
+	char *key;
+	int rv;
+
+	/* The event's members by reference, and the batch beside them. */
+	if ((ctx = cJSON_CreateObject()) == NULL ||
+	    (ids = cJSON_CreateArray()) == NULL)
+		fatalx("route: out of memory");
+	for (c = ev->json->child; c != NULL; c = c->next)
+		cJSON_AddItemReferenceToObject(ctx, c->string, (cJSON *)c);
+	for (c = documents->child; c != NULL; c = c->next)
+		cJSON_AddItemToArray(ids, cJSON_CreateString(
+		    cJSON_GetObjectItemCaseSensitive(c,
+		    "document_id")->valuestring));
+	cJSON_AddItemReferenceToObject(ctx, "documents", (cJSON *)documents);
+	cJSON_AddItemToObject(ctx, "document_ids", ids);
+	rv = render(r, cfg, ev, ctx, out, err, errlen);
+	cJSON_Delete(ctx);
+	if (rv == 0 && nparts > 1) {
+		/* Each request of a split batch has a key of its own. */
+		key = xasprintf("%s#%zu/%zu", out->idempotency_key, part,
+		    nparts);
+		free(out->idempotency_key);
+		out->idempotency_key = key;
+	}
+	return rv;
 }
 
 void
@@ -372,6 +432,7 @@ default_route(struct route *r, const char *name, const char *type,
 	r->success_field = xstrdup("success");
 	r->job_id_field = xstrdup("job_id");
 	r->documents_file = xstrdup(documents_file);
+	r->kind = xstrdup(documents_file != NULL ? "batch" : "document");
 	r->line = 0;
 }
 
@@ -411,5 +472,6 @@ route_free(struct route *r)
 	free(r->success_field);
 	free(r->job_id_field);
 	free(r->documents_file);
+	free(r->kind);
 	memset(r, 0, sizeof(*r));
 }

@@ -231,3 +231,44 @@ format_utc_ms(char *dst, size_t size, long long unix_ms)
 	    tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
 	    tm.tm_min, tm.tm_sec, (int)(unix_ms % 1000));
 }
+
+static uint64_t
+fnv1a(const char *s)
+{
+	uint64_t h = 1469598103934665603ULL;
+
+	for (; *s != '\0'; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+	return h;
+}
+
+void
+strset_init(struct strset *set, size_t n)
+{
+	set->cap = 16;
+	while (set->cap < n * 2)
+		set->cap *= 2;
+	set->slot = xcalloc(set->cap, sizeof(*set->slot));
+}
+
+/* Open addressing; never fuller than half, so a probe ends. */
+int
+strset_add(struct strset *set, const char *s)
+{
+	size_t i;
+
+	for (i = fnv1a(s) & (set->cap - 1); set->slot[i] != NULL;
+	    i = (i + 1) & (set->cap - 1))
+		if (strcmp(set->slot[i], s) == 0)
+			return 0;
+	set->slot[i] = s;
+	return 1;
+}
+
+void
+strset_free(struct strset *set)
+{
+	free(set->slot);
+	set->slot = NULL;
+	set->cap = 0;
+}

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "cloudevent.h"
+#include "docfile.h"
 #include "ledger.h"
 #include "log.h"
 #include "route.h"
@@ -44,6 +45,14 @@ enum fate {
 	FATE_CLAIM		/* claim in the ledger, then trigger */
 };
 
+/* One request of a batch route's event: some of its documents. */
+struct part {
+	struct request		 req;
+	struct trigger_result	 res;
+	size_t			*docs;		/* indexes into item.docs */
+	size_t			 n;
+};
+
 struct item {
 	const struct stream_entry *entry;
 	struct cloudevent	 ev;
@@ -59,6 +68,16 @@ struct item {
 	const char		*outcome;	/* log msg: event_triggered, ... */
 	const char		*reason;	/* dlq_reason or filter reason */
 	char			 detail[512];
+
+	/* A batch route's event: the documents of its file, and requests. */
+	bool			 batch;
+	struct docfile		 file;
+	struct ledger_doc	*docs;		/* file.n: one per document */
+	bool			*owned;		/* docs[i] is ours to send */
+	size_t			 nowned;
+	size_t			 nskipped;	/* done or busy elsewhere */
+	struct part		*parts;
+	size_t			 nparts;
 };
 
 /* An entry waiting in this worker's pending list for its next round. */
@@ -113,6 +132,7 @@ struct worker {
 	/* Counters in the master's shared memory (or a private slot). */
 	struct metrics_shm		*shm;
 	struct metrics_slot		*m;
+	cJSON				*no_documents;	/* [] */
 	long long			 next_poll_ms;	/* slot 1: group figures */
 	long long			 lag_warned_ms;
 	long long			 idle_since_ms;	/* wall: lag > 0 since */
@@ -278,8 +298,11 @@ prepare(struct worker *w, struct item *it)
 		ack(it, "event_filtered", "no_route");
 		return;
 	}
-	if (route_render(route, cfg, &it->ev, &it->req, err,
-	    sizeof(err)) == -1) {
+	it->batch = strcmp(route->kind, "batch") == 0;
+	if ((it->batch ? route_render_batch(route, cfg, &it->ev,
+	    w->no_documents, 1, 1, &it->req, err, sizeof(err)) :
+	    route_render(route, cfg, &it->ev, &it->req, err,
+	    sizeof(err))) == -1) {
 		dead(it, "render_error", "route %s: %s", route->name, err);
 		return;
 	}
@@ -303,30 +326,58 @@ prepare(struct worker *w, struct item *it)
 	it->doc.url = it->req.url;
 	it->doc.retry_in_ms = -1;
 
-	if (!cfg->auto_process) {
+	if (!cfg->auto_process || it->batch != cfg->batch_mode) {
+		/* Observe only; batch_mode: the other kind of route triggers. */
 		it->fate = FATE_NOTE;
 		it->doc.status = LEDGER_OBSERVED;
 		it->outcome = "event_observed";
+		it->reason = !cfg->auto_process ? "auto_process_off" :
+		    cfg->batch_mode ? "batch_mode_on" : "batch_mode_off";
+		it->batch = false;
 		return;
 	}
 	it->fate = FATE_CLAIM;
 }
 
-/* A key twice in one batch: the first occurrence speaks for both. */
+/*
+ * A batch route's documents file, read and refused where it must be
+ * (DESIGN.md §4): each of its documents becomes a ledger document of the
+ * event, claimed with the rest of the round.
+ */
 static void
-dedupe_batch(struct item *items, size_t n)
+load_documents(struct worker *w, struct item *it)
 {
-	for (size_t i = 0; i < n; i++) {
-		if (items[i].fate != FATE_CLAIM)
-			continue;
-		for (size_t j = 0; j < i; j++) {
-			if (items[j].fate == FATE_CLAIM &&
-			    strcmp(items[j].doc.document_id,
-			    items[i].doc.document_id) == 0) {
-				ack(&items[i], "event_duplicate", "same_batch");
-				break;
-			}
-		}
+	const struct config *cfg = w->cfg;
+	const struct route *route = it->req.route;
+	char err[512], *path;
+
+	if (it->fate != FATE_CLAIM || !it->batch)
+		return;
+	if (route->documents_file == NULL) {
+		it->batch = false;	/* kind: batch, one request as is */
+		return;
+	}
+	if ((path = route_documents_file(route, &it->ev, err,
+	    sizeof(err))) == NULL) {
+		dead(it, "render_error", "route %s: %s", route->name, err);
+		return;
+	}
+	if (docfile_read(cfg->shared_dir, path, cfg->max_documents_file_bytes,
+	    cfg->max_event_bytes, &it->file, err, sizeof(err)) == -1) {
+		dead(it, "documents_file", "route %s: %s", route->name, err);
+		free(path);
+		return;
+	}
+	free(path);
+	if (it->file.n == 0) {
+		ack(it, "event_filtered", "no_documents");
+		return;
+	}
+	it->docs = xcalloc(it->file.n, sizeof(*it->docs));
+	it->owned = xcalloc(it->file.n, sizeof(*it->owned));
+	for (size_t i = 0; i < it->file.n; i++) {
+		it->docs[i] = it->doc;
+		it->docs[i].document_id = it->file.ids[i];
 	}
 }
 
@@ -356,52 +407,194 @@ ledger_down(struct worker *w, struct item *items, const size_t *map, size_t k)
 	trouble(w);
 }
 
-/* Step 5: one round trip claims every key of the batch. */
+/* What the ledger said of a lone document: the item's fate. */
 static void
-claim(struct worker *w, struct item *items, size_t n, struct ledger_doc *docs,
-    size_t *map)
+claimed_one(struct item *it, const struct ledger_doc *d, long long recheck)
 {
-	size_t k = gather(items, n, FATE_CLAIM, docs, map);
+	it->doc.claim = d->claim;
+	it->doc.attempts = d->attempts;
+	it->doc.retries = d->retries;
+	it->doc.wait_ms = d->wait_ms;
+	memcpy(it->doc.prev_status, d->prev_status,
+	    sizeof(it->doc.prev_status));
+	switch (d->claim) {
+	case LEDGER_OWNED:
+		break;
+	case LEDGER_DONE:
+		ack(it, "event_duplicate", it->doc.prev_status);
+		break;
+	case LEDGER_BUSY:
+		/* A live claim elsewhere: look again soon, or at its end. */
+		defer(it, "event_busy", "claimed_by_another_consumer",
+		    d->wait_ms + 50 < recheck ? d->wait_ms + 50 : recheck);
+		break;
+	case LEDGER_WAIT:
+		/* Failed earlier; the ledger keeps its schedule. */
+		defer(it, "event_retry_scheduled", "retry_not_due",
+		    d->wait_ms + 10);
+		break;
+	}
+}
+
+/*
+ * What the ledger said of a batch's documents. Ours are sent; done ones
+ * and those another consumer holds (its entry is pending, so it is owed
+ * there) are left out. A document whose retry is not due holds the whole
+ * event back until it is: its failure may be this event's own.
+ */
+static void
+claimed_batch(struct item *it)
+{
+	long long wait = -1;
+
+	it->nowned = 0;
+	it->doc.attempts = it->doc.retries = 0;
+	for (size_t j = 0; j < it->file.n; j++) {
+		const struct ledger_doc *d = &it->docs[j];
+
+		it->owned[j] = d->claim == LEDGER_OWNED;
+		if (it->owned[j]) {
+			it->nowned++;
+			if (d->attempts > it->doc.attempts)
+				it->doc.attempts = d->attempts;
+			if (d->retries > it->doc.retries)
+				it->doc.retries = d->retries;
+		} else if (d->claim == LEDGER_WAIT && d->wait_ms > wait)
+			wait = d->wait_ms;
+	}
+	it->nskipped = it->file.n - it->nowned;
+	if (wait >= 0)
+		defer(it, "event_retry_scheduled", "retry_not_due", wait + 10);
+	else if (it->nowned == 0)
+		ack(it, "event_duplicate", "no_new_documents");
+}
+
+/*
+ * Step 5: one round trip claims every document of the round. A document
+ * met twice in one round (two events, or an event and a batch) is
+ * claimed once: a lone event repeating one is acknowledged as a
+ * duplicate (the first speaks for it), a batch leaves it out.
+ */
+static void
+claim(struct worker *w, struct item *items, size_t n)
+{
+	struct ledger_doc *docs;
+	struct strset seen;
+	size_t total = 0, k = 0, *map, *sub;
 	long long recheck;
 
-	if (k == 0)
+	for (size_t i = 0; i < n; i++)
+		if (items[i].fate == FATE_CLAIM)
+			total += items[i].batch ? items[i].file.n : 1;
+	if (total == 0)
 		return;
-	if (ledger_claim(w->ledger, docs, k, w->cfg->ledger.lease_seconds,
-	    w->cfg->deduplication_ttl_hours,
-	    w->cfg->check_already_processed) == -1) {
-		ledger_down(w, items, map, k);
-		return;
+	docs = xcalloc(total, sizeof(*docs));
+	map = xcalloc(total, sizeof(*map));
+	sub = xcalloc(total, sizeof(*sub));
+	strset_init(&seen, total);
+	for (size_t i = 0; i < n; i++) {
+		struct item *it = &items[i];
+
+		if (it->fate != FATE_CLAIM)
+			continue;
+		if (!it->batch) {
+			if (!strset_add(&seen, it->doc.document_id)) {
+				ack(it, "event_duplicate", "same_batch");
+				continue;
+			}
+			docs[k] = it->doc;
+			map[k] = i;
+			sub[k++] = SIZE_MAX;
+			continue;
+		}
+		for (size_t j = 0; j < it->file.n; j++) {
+			/* Not ours this round: left out like a busy one. */
+			it->docs[j].claim = LEDGER_BUSY;
+			if (!strset_add(&seen, it->docs[j].document_id))
+				continue;
+			docs[k] = it->docs[j];
+			map[k] = i;
+			sub[k++] = j;
+		}
 	}
-	/* A live claim elsewhere: look again soon, or when its lease ends. */
+	strset_free(&seen);
+	if (k > 0 && ledger_claim(w->ledger, docs, k,
+	    w->cfg->ledger.lease_seconds, w->cfg->deduplication_ttl_hours,
+	    w->cfg->check_already_processed) == -1) {
+		/* Every item still claiming is held. */
+		for (size_t i = 0; i < n; i++)
+			if (items[i].fate == FATE_CLAIM)
+				defer(&items[i], "event_deferred",
+				    "ledger_unavailable", 0);
+		w->ledger_lost = true;
+		trouble(w);
+		goto out;
+	}
 	recheck = (long long)(w->cfg->retry_delay_seconds * 1000);
 	if (recheck < 1000)
 		recheck = 1000;
-	for (size_t i = 0; i < k; i++) {
-		struct item *it = &items[map[i]];
+	for (size_t x = 0; x < k; x++) {
+		struct item *it = &items[map[x]];
 
-		it->doc.claim = docs[i].claim;
-		it->doc.attempts = docs[i].attempts;
-		it->doc.retries = docs[i].retries;
-		it->doc.wait_ms = docs[i].wait_ms;
-		memcpy(it->doc.prev_status, docs[i].prev_status,
-		    sizeof(it->doc.prev_status));
-		switch (docs[i].claim) {
-		case LEDGER_OWNED:
-			break;
-		case LEDGER_DONE:
-			ack(it, "event_duplicate", it->doc.prev_status);
-			break;
-		case LEDGER_BUSY:
-			defer(it, "event_busy", "claimed_by_another_consumer",
-			    docs[i].wait_ms + 50 < recheck ?
-			    docs[i].wait_ms + 50 : recheck);
-			break;
-		case LEDGER_WAIT:
-			/* Failed earlier; the ledger keeps its schedule. */
-			defer(it, "event_retry_scheduled", "retry_not_due",
-			    docs[i].wait_ms + 10);
-			break;
+		if (sub[x] == SIZE_MAX)
+			claimed_one(it, &docs[x], recheck);
+		else {
+			struct ledger_doc *d = &it->docs[sub[x]];
+
+			d->claim = docs[x].claim;
+			d->attempts = docs[x].attempts;
+			d->retries = docs[x].retries;
+			d->wait_ms = docs[x].wait_ms;
+			memcpy(d->prev_status, docs[x].prev_status,
+			    sizeof(d->prev_status));
 		}
+	}
+	for (size_t i = 0; i < n; i++)
+		if (items[i].fate == FATE_CLAIM && items[i].batch)
+			claimed_batch(&items[i]);
+out:
+	free(docs);
+	free(map);
+	free(sub);
+}
+
+/*
+ * A batch's documents, in requests of at most max_batch_documents each,
+ * rendered with {{documents}}. A render error dead-letters the event.
+ */
+static void
+plan_parts(struct worker *w, struct item *it)
+{
+	size_t per = (size_t)w->cfg->max_batch_documents, next = 0;
+	char err[512];
+
+	if (it->fate != FATE_CLAIM || !it->batch)
+		return;
+	it->nparts = (it->nowned + per - 1) / per;
+	it->parts = xcalloc(it->nparts, sizeof(*it->parts));
+	for (size_t p = 0; p < it->nparts; p++) {
+		struct part *pt = &it->parts[p];
+		cJSON *docs = cJSON_CreateArray();
+		const cJSON *c = it->file.docs->child;
+		size_t j = 0;
+
+		pt->docs = xcalloc(per, sizeof(*pt->docs));
+		pt->res.retry_after_s = -1;
+		for (; c != NULL && pt->n < per; c = c->next, j++) {
+			if (j < next || !it->owned[j])
+				continue;
+			cJSON_AddItemReferenceToArray(docs, (cJSON *)c);
+			pt->docs[pt->n++] = j;
+		}
+		next = j;
+		if (route_render_batch(it->req.route, w->cfg, &it->ev, docs,
+		    p + 1, it->nparts, &pt->req, err, sizeof(err)) == -1) {
+			cJSON_Delete(docs);
+			dead(it, "render_error", "route %s: %s",
+			    it->req.route->name, err);
+			return;
+		}
+		cJSON_Delete(docs);
 	}
 }
 
@@ -478,94 +671,217 @@ transient(struct worker *w, struct item *it, bool counted)
 	defer(it, "event_failed", "transient", it->doc.retry_in_ms);
 }
 
+/* One response in the counters and the circuit breaker. */
+static void
+observe(struct worker *w, const struct item *it, const struct request *req,
+    const struct trigger_result *res)
+{
+	metrics_request(w->m, w->shm != NULL ? metrics_route_index(w->shm,
+	    req->route->name) : 0, res->http_status);
+	metrics_observe(&w->m->trigger_seconds, res->latency_ms / 1000.0);
+	if (res->outcome == TRIGGER_SUCCESS)
+		metrics_observe(&w->m->latency_seconds, (double)(now_wall_ms() -
+		    entry_time_ms(it->entry->id)) / 1000.0);
+	circuit_result(w, res->outcome == TRIGGER_TRANSIENT);
+}
+
+/* A failed answer: rejected (2xx refused by success_field) or not. */
+static const char *
+permanent_reason(const struct trigger_result *res)
+{
+	return res->http_status >= 200 && res->http_status <= 299 ?
+	    "rejected" : "http_error";
+}
+
+/* A lone document's request: its answer is the event's fate. */
+static void
+settle_one(struct worker *w, struct item *it, bool counted)
+{
+	it->triggered = true;
+	it->doc.requested = true;
+	it->doc.http_status = it->res.http_status;
+	it->doc.latency_ms = it->res.latency_ms;
+	it->doc.remote_job_id = it->res.remote_job_id;
+	it->doc.error = it->res.error;
+	it->doc.outcome = trigger_outcome_name(it->res.outcome);
+	switch (it->res.outcome) {
+	case TRIGGER_SUCCESS:
+		it->doc.status = LEDGER_TRIGGERED;
+		ack(it, "event_triggered", NULL);
+		break;
+	case TRIGGER_PERMANENT:
+		it->doc.status = LEDGER_DEAD;
+		dead(it, permanent_reason(&it->res), "%s", it->res.error ?
+		    it->res.error : "permanent failure");
+		break;
+	case TRIGGER_TRANSIENT:
+		transient(w, it, counted);
+		break;
+	}
+}
+
+static void
+result_copy(struct trigger_result *dst, const struct trigger_result *src)
+{
+	*dst = *src;
+	dst->remote_job_id = xstrdup(src->remote_job_id);
+	dst->error = xstrdup(src->error);
+}
+
+/*
+ * A batch's requests: each document takes its request's answer; the
+ * event takes the worst (a permanent failure, else a transient one).
+ * Documents a request delivered stay triggered when the event is retried
+ * or dead-lettered for another request's failure.
+ */
+static void
+settle_batch(struct worker *w, struct item *it, bool counted)
+{
+	const struct part *worst = NULL;
+	size_t which = 0;
+
+	for (size_t p = 0; p < it->nparts; p++) {
+		enum trigger_outcome o = it->parts[p].res.outcome;
+
+		if (o == TRIGGER_SUCCESS || (worst != NULL &&
+		    (worst->res.outcome == TRIGGER_PERMANENT ||
+		    o == TRIGGER_TRANSIENT)))
+			continue;
+		worst = &it->parts[p];
+		which = p;
+	}
+	result_copy(&it->res, worst != NULL ? &worst->res : &it->parts[0].res);
+	it->triggered = true;
+	if (worst == NULL) {
+		it->doc.status = LEDGER_TRIGGERED;
+		ack(it, "event_triggered", NULL);
+	} else if (worst->res.outcome == TRIGGER_PERMANENT) {
+		it->doc.status = LEDGER_DEAD;
+		dead(it, permanent_reason(&worst->res), "request %zu of %zu "
+		    "(%zu documents): %s", which + 1, it->nparts, worst->n,
+		    worst->res.error ? worst->res.error : "permanent failure");
+	} else
+		transient(w, it, counted);
+
+	for (size_t p = 0; p < it->nparts; p++) {
+		const struct part *pt = &it->parts[p];
+
+		for (size_t x = 0; x < pt->n; x++) {
+			struct ledger_doc *d = &it->docs[pt->docs[x]];
+
+			d->requested = true;
+			d->delivery_key = pt->req.idempotency_key;
+			d->url = pt->req.url;
+			d->http_status = pt->res.http_status;
+			d->latency_ms = pt->res.latency_ms;
+			d->remote_job_id = pt->res.remote_job_id;
+			d->error = pt->res.error;
+			d->outcome = trigger_outcome_name(pt->res.outcome);
+			d->status = pt->res.outcome == TRIGGER_SUCCESS ?
+			    LEDGER_TRIGGERED : it->doc.status;
+			d->count_retry = d->status == LEDGER_FAILED &&
+			    it->doc.count_retry;
+			d->retry_in_ms = it->doc.retry_in_ms;
+		}
+	}
+}
+
 /* Steps 6-7: trigger the owned requests concurrently and classify. */
 static void
 trigger(struct worker *w, struct item *items, size_t n)
 {
 	struct request *reqs;
 	struct trigger_result *res;
-	size_t *map, k = 0;
+	size_t k = 0;
 	/* Probes of an open circuit do not use up an entry's retries. */
 	bool counted = w->circuit.state == CIRCUIT_CLOSED;
 
 	for (size_t i = 0; i < n; i++)
 		if (items[i].fate == FATE_CLAIM)
-			k++;
+			k += items[i].batch ? items[i].nparts : 1;
 	if (k == 0)
 		return;
 	reqs = xcalloc(k, sizeof(*reqs));
 	res = xcalloc(k, sizeof(*res));
-	map = xcalloc(k, sizeof(*map));
 	k = 0;
 	for (size_t i = 0; i < n; i++) {
 		if (items[i].fate != FATE_CLAIM)
 			continue;
-		reqs[k] = items[i].req;		/* shallow: trigger only reads */
-		map[k++] = i;
+		if (!items[i].batch)
+			reqs[k++] = items[i].req;	/* shallow: only read */
+		for (size_t p = 0; items[i].batch && p < items[i].nparts; p++)
+			reqs[k++] = items[i].parts[p].req;
 	}
 	trigger_run(w->trigger, reqs, k, res);
-	for (size_t i = 0; i < k; i++) {
-		struct item *it = &items[map[i]];
+	k = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct item *it = &items[i];
 
-		it->res = res[i];
-		it->triggered = true;
-		it->doc.requested = true;
-		it->doc.http_status = res[i].http_status;
-		it->doc.latency_ms = res[i].latency_ms;
-		it->doc.remote_job_id = res[i].remote_job_id;
-		it->doc.error = res[i].error;
-		it->doc.outcome = trigger_outcome_name(res[i].outcome);
-		metrics_request(w->m, w->shm != NULL ? metrics_route_index(
-		    w->shm, it->req.route->name) : 0, res[i].http_status);
-		metrics_observe(&w->m->trigger_seconds,
-		    res[i].latency_ms / 1000.0);
-		if (res[i].outcome == TRIGGER_SUCCESS)
-			metrics_observe(&w->m->latency_seconds, (double)(
-			    now_wall_ms() - entry_time_ms(it->entry->id)) / 1000.0);
-		circuit_result(w, res[i].outcome == TRIGGER_TRANSIENT);
-		switch (res[i].outcome) {
-		case TRIGGER_SUCCESS:
-			it->doc.status = LEDGER_TRIGGERED;
-			ack(it, "event_triggered", NULL);
-			break;
-		case TRIGGER_PERMANENT:
-			it->doc.status = LEDGER_DEAD;
-			dead(it, res[i].http_status >= 200 &&
-			    res[i].http_status <= 299 ? "rejected" :
-			    "http_error", "%s", res[i].error ? res[i].error :
-			    "permanent failure");
-			break;
-		case TRIGGER_TRANSIENT:
-			transient(w, it, counted);
-			break;
+		if (it->fate != FATE_CLAIM)
+			continue;
+		if (!it->batch) {
+			it->res = res[k++];
+			observe(w, it, &it->req, &it->res);
+			settle_one(w, it, counted);
+			continue;
 		}
+		for (size_t p = 0; p < it->nparts; p++) {
+			it->parts[p].res = res[k++];
+			observe(w, it, &it->parts[p].req, &it->parts[p].res);
+		}
+		settle_batch(w, it, counted);
 	}
 	free(reqs);
 	free(res);
-	free(map);
 }
 
-/* Step 8: one round trip records every outcome of the batch. */
+/*
+ * Step 8: one round trip records every outcome of the round: each lone
+ * document, and each document of a batch (those a render error stopped
+ * are dead with the event).
+ */
 static void
-record(struct worker *w, struct item *items, size_t n, struct ledger_doc *docs,
-    size_t *map)
+record(struct worker *w, struct item *items, size_t n)
 {
-	size_t k = 0;
+	struct ledger_doc *docs;
+	size_t total = 0, k = 0, *map;
 
+	for (size_t i = 0; i < n; i++)
+		total += items[i].batch ? items[i].nowned : 1;
+	docs = xcalloc(total + 1, sizeof(*docs));
+	map = xcalloc(total + 1, sizeof(*map));
 	for (size_t i = 0; i < n; i++) {
-		if (!items[i].triggered)
+		struct item *it = &items[i];
+
+		if (!it->batch) {
+			if (!it->triggered)
+				continue;
+			docs[k] = it->doc;
+			map[k++] = i;
 			continue;
-		docs[k] = items[i].doc;
-		map[k++] = i;
+		}
+		if (it->nowned == 0 || (!it->triggered && it->fate != FATE_DEAD))
+			continue;
+		for (size_t j = 0; j < it->file.n; j++) {
+			if (!it->owned[j])
+				continue;
+			if (!it->triggered) {
+				it->docs[j].status = LEDGER_DEAD;
+				it->docs[j].error = it->detail;
+			}
+			docs[k] = it->docs[j];
+			map[k++] = i;
+		}
 	}
-	if (k == 0 || ledger_record(w->ledger, docs, k) == 0)
-		return;
 	/*
 	 * Requests were made but not recorded: acknowledge nothing. The
 	 * entries are tried again with the same Idempotency-Key (DESIGN.md
 	 * §3, crash windows).
 	 */
-	ledger_down(w, items, map, k);
+	if (k > 0 && ledger_record(w->ledger, docs, k) == -1)
+		ledger_down(w, items, map, k);
+	free(docs);
+	free(map);
 }
 
 static void
@@ -632,7 +948,8 @@ acknowledge(struct worker *w, struct item *items, size_t n)
 static void
 log_outcome(struct worker *w, const struct item *it)
 {
-	char status[24], latency[32], attempts[16], retry[24];
+	char status[24], latency[32], attempts[16], retry[24], sent[24];
+	char skipped[24];
 	enum log_level lvl = LOG_INFO;
 
 	if (it->outcome == NULL)
@@ -642,6 +959,9 @@ log_outcome(struct worker *w, const struct item *it)
 	snprintf(attempts, sizeof(attempts), "%d",
 	    it->doc.attempts + (it->triggered ? 1 : 0));
 	snprintf(retry, sizeof(retry), "%lld", it->retry_ms);
+	snprintf(sent, sizeof(sent), "%zu", it->nowned);
+	snprintf(skipped, sizeof(skipped), "%zu", it->nskipped +
+	    it->file.repeated);
 	if (it->fate == FATE_DEAD || (it->fate == FATE_PENDING &&
 	    it->triggered) || (it->fate == FATE_PENDING &&
 	    strcmp(it->outcome, "event_deferred") == 0))
@@ -658,6 +978,8 @@ log_outcome(struct worker *w, const struct item *it)
 	    "http_status", it->triggered && it->res.http_status ? status : NULL,
 	    "latency_ms", it->triggered ? latency : NULL,
 	    "attempts", it->triggered ? attempts : NULL,
+	    "documents", it->batch && it->docs != NULL ? sent : NULL,
+	    "skipped_documents", it->batch && it->docs != NULL ? skipped : NULL,
 	    "retry_in_ms", it->fate == FATE_PENDING ? retry : NULL,
 	    "reason", it->reason,
 	    "detail", it->fate == FATE_DEAD ? it->detail :
@@ -772,6 +1094,26 @@ take_due(struct worker *w, long long now, size_t max, bool probe,
 	return k;
 }
 
+/* Releases what a round gave an item. */
+static void
+item_clear(struct item *it)
+{
+	if (it->decoded)
+		cloudevent_free(&it->ev);
+	if (it->rendered)
+		request_free(&it->req);
+	trigger_result_clear(&it->res);
+	for (size_t p = 0; p < it->nparts; p++) {
+		request_free(&it->parts[p].req);
+		trigger_result_clear(&it->parts[p].res);
+		free(it->parts[p].docs);
+	}
+	free(it->parts);
+	free(it->docs);
+	free(it->owned);
+	docfile_free(&it->file);
+}
+
 /* Runs one round over entries (steps 2-9), then holds what is left. */
 static void
 process(struct worker *w, const struct stream_entry *entries, size_t n)
@@ -785,11 +1127,14 @@ process(struct worker *w, const struct stream_entry *entries, size_t n)
 		items[i].res.retry_after_s = -1;
 		prepare(w, &items[i]);			/* steps 2-4 */
 	}
-	dedupe_batch(items, n);
-	note(w, items, n, docs, map);			/* auto_process: false */
-	claim(w, items, n, docs, map);			/* step 5 */
+	note(w, items, n, docs, map);			/* observe only */
+	for (size_t i = 0; i < n; i++)
+		load_documents(w, &items[i]);		/* batch routes */
+	claim(w, items, n);				/* step 5 */
+	for (size_t i = 0; i < n; i++)
+		plan_parts(w, &items[i]);
 	trigger(w, items, n);				/* steps 6-7 */
-	record(w, items, n, docs, map);			/* step 8 */
+	record(w, items, n);				/* step 8 */
 	dead_letter(w, items, n);
 	acknowledge(w, items, n);			/* step 9 */
 
@@ -798,11 +1143,7 @@ process(struct worker *w, const struct stream_entry *entries, size_t n)
 			hold(w, items[i].entry, items[i].retry_ms);
 		log_outcome(w, &items[i]);
 		count(w, &items[i]);
-		if (items[i].decoded)
-			cloudevent_free(&items[i].ev);
-		if (items[i].rendered)
-			request_free(&items[i].req);
-		trigger_result_clear(&items[i].res);
+		item_clear(&items[i]);
 	}
 	free(items);
 	free(docs);
@@ -887,12 +1228,8 @@ poison(struct worker *w, const struct stream_entry *entries,
 	if (nd > 0 && ledger_bury(w->ledger, docs, nd) == -1)
 		log_warnx("worker: poison entries dead-lettered, but the ledger "
 		    "could not mark their documents dead");
-	for (size_t i = 0; i < k; i++) {
-		if (items[i].decoded)
-			cloudevent_free(&items[i].ev);
-		if (items[i].rendered)
-			request_free(&items[i].req);
-	}
+	for (size_t i = 0; i < k; i++)
+		item_clear(&items[i]);
 	free(items);
 	free(docs);
 	free(ids);
@@ -1390,6 +1727,8 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 	w.ledger = ledger_new(cfg->ledger.dsn, cfg->ledger.schema,
 	    cfg->consumer_group, w.consumer, cfg->source_stream);
 	w.trigger = trigger_new(cfg);
+	if ((w.no_documents = cJSON_CreateArray()) == NULL)
+		fatalx("worker: out of memory");
 	w.shm = opts->metrics;
 	w.m = w.shm != NULL ? &w.shm->slot[opts->slot] : &unsupervised;
 	circuit_set(&w, CIRCUIT_CLOSED);
@@ -1525,6 +1864,7 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 	stream_free(w.stream);
 	ledger_free(w.ledger);
 	trigger_free(w.trigger);
+	cJSON_Delete(w.no_documents);
 	free(w.consumer);
 	return code;
 }

@@ -11,6 +11,7 @@ hard error to automake), never a skip.
 """
 
 import copy
+import json
 import os
 import signal
 import subprocess
@@ -337,6 +338,9 @@ class Env:
         self.redis = redis_server.client()
         self.publisher = publish.Publisher(self.redis, STREAM)
         self.daemons = []
+        # shared_dir: where Stage 1 leaves the JSONL files of its jobs.
+        self.shared = os.path.join(tmpdir, "shared")
+        os.makedirs(self.shared, exist_ok=True)
         self._configs = 0
         self._db = None
 
@@ -359,6 +363,7 @@ class Env:
             "dead_letter_stream": DLQ,
             "check_already_processed": True,
             "deduplication_ttl_hours": 24,
+            "shared_dir": self.shared,
             "nlp_api": {"base_url": self.mock.url, "timeout_ms": 5000,
                         "connect_timeout_ms": 1000},
             "ledger": {"dsn": self.dsn, "schema": "stagerelay"},
@@ -366,6 +371,18 @@ class Env:
             # Off unless a test asks for it: no two daemons on one port.
             "metrics": {"listen": ""},
         }
+
+    def write_documents(self, name, document_ids, text="batch text",
+                        **kw):
+        """A job's JSONL output file in shared_dir, one Stage 1 document
+        per line; returns its absolute path."""
+        path = os.path.join(self.shared, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            for doc_id in document_ids:
+                f.write(json.dumps(publish.document(doc_id, text, **kw)))
+                f.write("\n")
+        return path
 
     def write_config(self, text=None, name=None, **overrides):
         """Writes a config file and returns its path.
@@ -475,7 +492,9 @@ class Env:
         with self._db.cursor(
                 cursor_factory=psycopg2.extras.RealDictCursor) as cur:
             cur.execute(sql, args)
-            return [dict(r) for r in cur.fetchall()]
+            # INSERT/UPDATE without RETURNING: no rows to give back.
+            return [dict(r) for r in cur.fetchall()] \
+                if cur.description is not None else []
 
     def table_exists(self, name):
         return bool(self.query("SELECT to_regclass(%s) AS t",

@@ -214,9 +214,6 @@ MALFORMED_CASES = [
      [r"max_event_bytes|bytes", r"1048576"]),
     ("no_document_id", publish.missing_document_id, {}, "render_error",
      [r"document_id"]),
-    ("job_completed_without_output_location",
-     lambda: publish.job_completed("job-x", "batch-x", output_location=None),
-     {}, "render_error", [r"output_location"]),
 ]
 
 
@@ -257,17 +254,22 @@ def test_http_200_with_success_false_is_dead_lettered_as_rejected(env, route):
     """The deployed Stage 2 API answers 200 even when it fails."""
     env.mock.behaviour(status=200, success=False)
     if route == "document":
-        pub, key = env.publisher.document_cleaned("doc-rej", "no"), "doc-rej"
+        pub, keys = env.publisher.document_cleaned("doc-rej", "no"), \
+            ["doc-rej"]
+        r = env.drain()
     else:
-        pub, key = env.publisher.job_completed("job-rej", "b"), "job:job-rej"
-
-    r = env.drain()
+        keys = ["doc-rej-1", "doc-rej-2"]
+        path = env.write_documents("stage1/b.jsonl", keys)
+        pub = env.publisher.job_completed("job-rej", "b",
+                                          output_location=path)
+        r = env.drain(batch_mode=True)
 
     assert len(env.requests()) == 1
-    row = env.row(key)
-    assert row["status"] == "dead"
-    assert row["http_status"] == 200
-    assert row["remote_job_id"] is None
+    for key in keys:
+        row = env.row(key)
+        assert row["status"] == "dead"
+        assert row["http_status"] == 200
+        assert row["remote_job_id"] is None
     dls = env.dead_letters()
     assert len(dls) == 1
     fields = assert_dead_letter(dls[0], pub, "rejected")
@@ -608,35 +610,64 @@ def test_whole_stage2_settings_yaml_works(env):
 
 def test_job_completed_triggers_a_batch_and_lifecycle_events_are_filtered(
         env):
+    """batch_mode: true, the default routes: the job's documents file is
+    read and its documents are recorded one row each."""
     job_id, batch_id = "4c97a203-b96a-47d8-88e3-abce1b9855a5", \
         "e2e_validation_20260105_162622"
+    docs = ["doc-j1", "doc-j2", "doc-j3"]
+    path = env.write_documents("stage1/%s.jsonl" % batch_id, docs,
+                               job_id=job_id, batch_id=batch_id)
     started = env.publisher.job_started(job_id, batch_id, 100)
     progress = env.publisher.job_progress(job_id, batch_id, 50, 100)
-    completed = env.publisher.job_completed(
-        job_id, batch_id, 100, output_location="/shared/stage1/%s.jsonl"
-        % batch_id)
+    completed = env.publisher.job_completed(job_id, batch_id, 3,
+                                            output_location=path)
 
-    r = env.drain()
+    r = env.drain(batch_mode=True)
 
     reqs = env.requests()
     assert len(reqs) == 1, reqs
     req = reqs[0]
     assert req["method"] == "POST"
     assert req["path"] == BATCH_ROUTE_PATH
-    assert req["json"] == {"input_file": "/shared/stage1/%s.jsonl" % batch_id,
-                           "batch_id": batch_id}
+    assert req["json"] == {"input_file": path, "batch_id": batch_id}
     assert req["headers"]["idempotency-key"] == "job:" + job_id
     assert req["headers"]["ce-id"] == completed.id
-    row = env.row("job:" + job_id)
-    assert row["status"] == "triggered"
-    assert row["remote_job_id"] == req["response"]["job_id"]
-    assert row["batch_id"] == batch_id
-    assert row["job_id"] == job_id
-    assert row["event_type"] == JOB_COMPLETED
-    assert len(env.rows()) == 1
+    rows = env.rows()
+    assert [row["document_id"] for row in rows] == docs
+    for row in rows:
+        assert row["status"] == "triggered"
+        assert row["remote_job_id"] == req["response"]["job_id"]
+        assert row["batch_id"] == batch_id
+        assert row["job_id"] == job_id
+        assert row["event_type"] == JOB_COMPLETED
+        assert row["event_id"] == completed.id
+    (delivery,) = env.deliveries()
+    assert delivery["idempotency_key"] == "job:" + job_id
+    assert delivery["documents"] == 3
     for p in (started, progress):
         assert r.log("event_filtered", event_id=p.id), r
-    assert r.log("event_triggered", event_id=completed.id, route="batch")
+    assert r.log("event_triggered", event_id=completed.id, route="batch",
+                 documents=3)
+    assert env.pending() == 0
+    assert env.dead_letters() == []
+
+
+def test_batch_mode_false_records_job_events_and_triggers_documents(env):
+    """The default: documents one by one; a job event is only recorded
+    (observed, under its own key), and its file is not read."""
+    doc = env.publisher.document_cleaned("doc-one", "one by one")
+    job = env.publisher.job_completed("job-obs", "batch-obs",
+                                      output_location="/nonexistent.jsonl")
+
+    r = env.drain()
+
+    assert sorted(by_key(env.requests())) == ["doc-one"]
+    assert env.row("doc-one")["status"] == "triggered"
+    row = env.row("job:job-obs")
+    assert row["status"] == "observed"
+    assert row["event_id"] == job.id
+    assert r.log("event_observed", event_id=job.id, reason="batch_mode_off")
+    assert r.log("event_triggered", event_id=doc.id)
     assert env.pending() == 0
     assert env.dead_letters() == []
 

@@ -81,10 +81,10 @@ def _job_subject(job_id):
     return "job/%s" % job_id if job_id else ""
 
 
-def document_cleaned(document_id, text, *, job_id=None, batch_id=None,
-                     title=None, version=1, event_id=None, time=None,
-                     extra=None):
-    """com.storytelling.cleaning.document.cleaned for one document."""
+def document(document_id, text, *, job_id=None, batch_id=None, title=None,
+             version=1, extra=None):
+    """A Stage 1 document: document.cleaned's data, and one line of a
+    job's JSONL output file."""
     data = {
         "document_id": document_id,
         "job_id": job_id,
@@ -103,6 +103,15 @@ def document_cleaned(document_id, text, *, job_id=None, batch_id=None,
     if batch_id is None:
         del data["batch_id"]
     data.update(extra or {})
+    return data
+
+
+def document_cleaned(document_id, text, *, job_id=None, batch_id=None,
+                     title=None, version=1, event_id=None, time=None,
+                     extra=None):
+    """com.storytelling.cleaning.document.cleaned for one document."""
+    data = document(document_id, text, job_id=job_id, batch_id=batch_id,
+                    title=title, version=version, extra=extra)
     return event_fields(DOCUMENT_CLEANED, data,
                         subject=_job_subject(job_id), event_id=event_id,
                         time=time)

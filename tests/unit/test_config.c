@@ -224,7 +224,6 @@ START_TEST(test_advanced_values_and_pending)
 		int		 line;
 		const char	*what;
 	} want[] = {
-		{ "event_consumer.batch_mode", 18, "batch routes" },
 		{ "event_consumer.backlog_batch_size", 30, "process-backlog" },
 		{ "event_consumer.backlog_max_age_hours", 31,
 		    "process-backlog" },
@@ -256,6 +255,7 @@ START_TEST(test_advanced_values_and_pending)
 		ck_assert_str_eq(p->what, want[i].what);
 	}
 	/* In effect today: not reported. */
+	ck_assert_ptr_null(find_pending(&c, "event_consumer.batch_mode"));
 	ck_assert_ptr_null(find_pending(&c, "event_consumer.poll_interval_ms"));
 	ck_assert_ptr_null(find_pending(&c, "event_consumer.batch_size"));
 	ck_assert_ptr_null(find_pending(&c, "event_consumer.retry_failed"));
@@ -294,10 +294,12 @@ START_TEST(test_pending_nested_keys)
 	    "event_consumer.supervisor.shutdown_timeout"));
 	/* The metrics endpoint is in effect: no warning. */
 	ck_assert_ptr_null(find_pending(&c, "event_consumer.metrics.listen"));
-	ck_assert_ptr_nonnull(find_pending(&c, "event_consumer.shared_dir"));
-	ck_assert_int_eq(find_pending(&c,
-	    "event_consumer.routes[0].documents_file")->line, 11);
-	ck_assert_uint_eq(c.npending, 2);
+	/* Batch routes are in effect: no warning. */
+	ck_assert_ptr_null(find_pending(&c, "event_consumer.shared_dir"));
+	ck_assert_ptr_null(find_pending(&c,
+	    "event_consumer.routes[0].documents_file"));
+	ck_assert_str_eq(c.routes[0].kind, "batch");
+	ck_assert_uint_eq(c.npending, 0);
 	config_free(&c);
 }
 END_TEST
@@ -387,6 +389,16 @@ START_TEST(test_unknown_key)
 	    "mean body?)");
 	expect_error("event_consumer:\n  Redis_Port: 1\n",
 	    "(did you mean redis_port?)");
+	/* A batch route reads a documents file; a document route cannot. */
+	expect_error("event_consumer:\n  routes:\n    - types: [x]\n"
+	    "      path: /x\n      idempotency_key: k\n      body: {}\n"
+	    "      kind: document\n      documents_file: f\n",
+	    "test.yaml:3:7: event_consumer.routes[0]: documents_file makes a "
+	    "batch route");
+	expect_error("event_consumer:\n  routes:\n    - types: [x]\n"
+	    "      path: /x\n      idempotency_key: k\n      body: {}\n"
+	    "      kind: job\n",
+	    "expected one of document, batch, got \"job\"");
 }
 END_TEST
 

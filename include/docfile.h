@@ -1,0 +1,34 @@
+/*
+ * docfile.h: the documents file of a batch route (DESIGN.md §4): a JSONL
+ * file, one Stage 1 document per line, that must lie inside shared_dir.
+ * The path comes from an event and is untrusted: ".." is refused before
+ * anything is opened, and the open itself cannot leave shared_dir (a
+ * symlink that points out of it fails), so nothing outside is read.
+ */
+#ifndef STAGERELAY_DOCFILE_H
+#define STAGERELAY_DOCFILE_H
+
+#include <stddef.h>
+
+#include <cJSON.h>
+
+struct docfile {
+	cJSON		 *docs;		/* array of the lines' objects, in file
+					   order, repeated document ids dropped */
+	const char	**ids;		/* ids[i]: docs[i]'s document_id, borrowed */
+	size_t		  n;
+	size_t		  repeated;	/* lines whose document_id came before */
+};
+
+/*
+ * Reads path (absolute under shared_dir, or relative to it). Files over
+ * max_bytes and lines over max_line bytes are refused; every non-blank
+ * line must be a JSON object with a non-empty string document_id.
+ * Returns 0, or -1 with err set to why (a dead-letter detail that names
+ * the line or the limit). out is to be released with docfile_free().
+ */
+int	docfile_read(const char *shared_dir, const char *path, size_t max_bytes,
+	    size_t max_line, struct docfile *out, char *err, size_t errlen);
+void	docfile_free(struct docfile *);
+
+#endif

@@ -1,0 +1,332 @@
+/*
+ * docfile.c: a batch route's documents file, read without leaving
+ * shared_dir.
+ *
+ * The open goes through openat2(RESOLVE_BENEATH) from a descriptor of
+ * shared_dir, so the kernel refuses any resolution (a symlink, however
+ * deep) that would step out of it. Where that refuses an absolute
+ * symbolic link, or openat2 is missing (Linux before 5.6), the resolved
+ * path is checked against shared_dir and opened with O_NOFOLLOW.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1
+#endif
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifdef SYS_openat2
+#include <linux/openat2.h>
+#endif
+
+#include <cJSON.h>
+
+#include "docfile.h"
+#include "util.h"
+
+/* A ".." component anywhere: refused before any lookup. */
+static bool
+has_dotdot(const char *p)
+{
+	while (*p != '\0') {
+		size_t len = strcspn(p, "/");
+
+		if (len == 2 && p[0] == '.' && p[1] == '.')
+			return true;
+		p += len;
+		while (*p == '/')
+			p++;
+	}
+	return false;
+}
+
+/* path below root, or NULL when it is absolute and elsewhere. */
+static const char *
+below(const char *path, const char *dir)
+{
+	size_t len = strlen(dir);
+
+	while (len > 1 && dir[len - 1] == '/')
+		len--;
+	if (strncmp(path, dir, len) != 0 || path[len] != '/')
+		return NULL;
+	for (path += len; *path == '/'; path++)
+		;
+	return path;
+}
+
+static int
+open_fallback(const char *root, const char *rel, char *err, size_t errlen)
+{
+	char *joined = xasprintf("%s/%s", root, rel), real[PATH_MAX];
+	int fd = -1;
+
+	if (realpath(joined, real) == NULL)
+		snprintf(err, errlen, "%s: %s", rel, strerror(errno));
+	else if (below(real, root) == NULL)
+		snprintf(err, errlen, "%s: resolves outside shared_dir %s (a "
+		    "symbolic link escapes it)", rel, root);
+	else if ((fd = open(real, O_RDONLY | O_CLOEXEC | O_NOCTTY |
+	    O_NONBLOCK | O_NOFOLLOW)) == -1)
+		snprintf(err, errlen, "%s: %s", rel, strerror(errno));
+	free(joined);
+	return fd;
+}
+
+/* Opens rel beneath root; -1 with err set. */
+static int
+open_beneath(const char *root, const char *rel, char *err, size_t errlen)
+{
+#ifdef SYS_openat2
+	struct open_how how;
+	int dfd, fd, saved;
+
+	if ((dfd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC)) == -1) {
+		snprintf(err, errlen, "shared_dir %s: %s", root,
+		    strerror(errno));
+		return -1;
+	}
+	memset(&how, 0, sizeof(how));
+	/* O_NONBLOCK: a FIFO must not hang the worker before fstat. */
+	how.flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK;
+	how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+	fd = (int)syscall(SYS_openat2, dfd, rel, &how, sizeof(how));
+	saved = errno;
+	close(dfd);
+	if (fd >= 0)
+		return fd;
+	/*
+	 * ENOSYS: an old kernel; EPERM: a seccomp filter; EXDEV: the walk
+	 * met an absolute symbolic link (or one out): its target decides.
+	 */
+	if (saved == ENOSYS || saved == EPERM || saved == EXDEV)
+		return open_fallback(root, rel, err, errlen);
+	snprintf(err, errlen, "%s: %s", rel, strerror(saved));
+	return -1;
+#else
+	return open_fallback(root, rel, err, errlen);
+#endif
+}
+
+/* Reads all of fd, at most max bytes; NULL with err set. */
+static char *
+slurp(int fd, const char *path, size_t max, size_t *len, char *err,
+    size_t errlen)
+{
+	struct stat st;
+	char *data;
+	size_t n = 0;
+	ssize_t r;
+
+	if (fstat(fd, &st) == -1) {
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		return NULL;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		snprintf(err, errlen, "%s: not a regular file", path);
+		return NULL;
+	}
+	if ((uintmax_t)st.st_size > max) {
+		snprintf(err, errlen, "%s: %jd bytes, over "
+		    "max_documents_file_bytes (%zu)", path,
+		    (intmax_t)st.st_size, max);
+		return NULL;
+	}
+	/* The file may grow while it is read: never past the limit. */
+	data = xmalloc((size_t)st.st_size + 2);
+	while (n <= (size_t)st.st_size &&
+	    (r = read(fd, data + n, (size_t)st.st_size + 1 - n)) != 0) {
+		if (r == -1) {
+			if (errno == EINTR)
+				continue;
+			snprintf(err, errlen, "%s: %s", path, strerror(errno));
+			free(data);
+			return NULL;
+		}
+		n += (size_t)r;
+	}
+	if (n > (size_t)st.st_size) {
+		snprintf(err, errlen, "%s: grew while it was read", path);
+		free(data);
+		return NULL;
+	}
+	data[n] = '\0';
+	*len = n;
+	return data;
+}
+
+static bool
+blank(const char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r')
+			return false;
+	return true;
+}
+
+static bool
+has_control(const char *s)
+{
+	for (; *s != '\0'; s++)
+		if ((unsigned char)*s < 0x20 || (unsigned char)*s == 0x7f)
+			return true;
+	return false;
+}
+
+/* One line into a document; NULL with err set. */
+static cJSON *
+parse_line(const char *line, size_t len, size_t lineno, size_t max_line,
+    char *err, size_t errlen)
+{
+	const char *end = NULL;
+	const cJSON *id;
+	cJSON *doc;
+
+	if (len > max_line) {
+		snprintf(err, errlen, "line %zu: %zu bytes, over the line "
+		    "limit (max_event_bytes %zu)", lineno, len, max_line);
+		return NULL;
+	}
+	doc = cJSON_ParseWithLengthOpts(line, len, &end, 0);
+	if (doc == NULL || (end != NULL && !blank(end,
+	    len - (size_t)(end - line)))) {
+		snprintf(err, errlen, "line %zu: not one JSON value", lineno);
+		cJSON_Delete(doc);
+		return NULL;
+	}
+	if (!cJSON_IsObject(doc)) {
+		snprintf(err, errlen, "line %zu: expected a JSON object (a "
+		    "document)", lineno);
+		cJSON_Delete(doc);
+		return NULL;
+	}
+	id = cJSON_GetObjectItemCaseSensitive(doc, "document_id");
+	if (!cJSON_IsString(id) || *id->valuestring == '\0' ||
+	    has_control(id->valuestring)) {
+		snprintf(err, errlen, "line %zu: document_id %s", lineno,
+		    id == NULL ? "is missing" : !cJSON_IsString(id) ?
+		    "is not a string" : *id->valuestring == '\0' ?
+		    "is empty" : "contains a control character");
+		cJSON_Delete(doc);
+		return NULL;
+	}
+	return doc;
+}
+
+static int
+parse(const char *data, size_t len, size_t max_line, struct docfile *out,
+    char *err, size_t errlen)
+{
+	struct strset set;
+	size_t lineno = 0, lines = 0;
+	const char *p, *nl;
+	int rv = 0;
+
+	for (p = data; p < data + len; p = nl + 1) {
+		if ((nl = memchr(p, '\n', (size_t)(data + len - p))) == NULL)
+			nl = data + len;
+		lines++;
+	}
+	strset_init(&set, lines);
+	out->ids = xcalloc(lines + 1, sizeof(*out->ids));
+
+	for (p = data; p < data + len && rv == 0; p = nl + 1) {
+		cJSON *doc;
+		const char *id;
+
+		if ((nl = memchr(p, '\n', (size_t)(data + len - p))) == NULL)
+			nl = data + len;
+		lineno++;
+		if (blank(p, (size_t)(nl - p)))
+			continue;
+		if ((doc = parse_line(p, (size_t)(nl - p), lineno, max_line,
+		    err, errlen)) == NULL) {
+			rv = -1;
+			break;
+		}
+		id = cJSON_GetObjectItemCaseSensitive(doc,
+		    "document_id")->valuestring;
+		if (!strset_add(&set, id)) {
+			out->repeated++;
+			cJSON_Delete(doc);
+			continue;
+		}
+		cJSON_AddItemToArray(out->docs, doc);
+		out->ids[out->n++] = id;
+	}
+	strset_free(&set);
+	return rv;
+}
+
+int
+docfile_read(const char *shared_dir, const char *path, size_t max_bytes,
+    size_t max_line, struct docfile *out, char *err, size_t errlen)
+{
+	char root[PATH_MAX], *data;
+	const char *rel;
+	size_t len;
+	int fd, rv;
+
+	memset(out, 0, sizeof(*out));
+	if (path == NULL || *path == '\0') {
+		snprintf(err, errlen, "the documents file path is empty");
+		return -1;
+	}
+	if (has_control(path)) {
+		snprintf(err, errlen, "the documents file path contains a "
+		    "control character");
+		return -1;
+	}
+	if (has_dotdot(path)) {
+		snprintf(err, errlen, "%s: a \"..\" component is not allowed",
+		    path);
+		return -1;
+	}
+	if (realpath(shared_dir, root) == NULL) {
+		snprintf(err, errlen, "shared_dir %s: %s", shared_dir,
+		    strerror(errno));
+		return -1;
+	}
+	if (path[0] != '/')
+		rel = path;
+	else if ((rel = below(path, shared_dir)) == NULL &&
+	    (rel = below(path, root)) == NULL) {
+		snprintf(err, errlen, "%s: outside shared_dir %s", path,
+		    shared_dir);
+		return -1;
+	}
+	if (*rel == '\0') {
+		snprintf(err, errlen, "%s: names shared_dir itself", path);
+		return -1;
+	}
+	if ((fd = open_beneath(root, rel, err, errlen)) == -1)
+		return -1;
+	data = slurp(fd, path, max_bytes, &len, err, errlen);
+	close(fd);
+	if (data == NULL)
+		return -1;
+	out->docs = cJSON_CreateArray();
+	if ((rv = parse(data, len, max_line, out, err, errlen)) == -1)
+		docfile_free(out);
+	free(data);
+	return rv;
+}
+
+void
+docfile_free(struct docfile *d)
+{
+	if (d == NULL)
+		return;
+	cJSON_Delete(d->docs);
+	free(d->ids);
+	memset(d, 0, sizeof(*d));
+}
