@@ -128,6 +128,30 @@ struct ledger_count {
 int	ledger_counts(struct ledger *, int minutes, struct ledger_count **out,
 	    char *where, size_t wherelen);
 
+/*
+ * What ledger_claim() would say of docs[0..n) (claim, prev_status), with
+ * nothing written: process-backlog --dry-run. A live claim counts as busy
+ * whoever holds it. Returns 0 or -1.
+ */
+int	ledger_peek(struct ledger *, struct ledger_doc *docs, size_t n,
+	    double ttl_hours, bool check_done);
+
+/* Where process-backlog got to on a stream (backlog_progress). */
+struct ledger_progress {
+	char		 start_id[48];
+	char		 end_id[48];
+	char		 last_id[48];	/* "": nothing finished yet */
+	long long	 done;		/* entries finished */
+	bool		 finished;
+};
+
+/* 1 found, 0 no run recorded, -1 error. */
+int	ledger_progress_get(struct ledger *, const char *stream,
+	    struct ledger_progress *);
+/* Saves it (a new run when last_id is ""). Returns 0 or -1. */
+int	ledger_progress_put(struct ledger *, const char *stream,
+	    const struct ledger_progress *);
+
 const char *ledger_status_name(enum ledger_status);
 const char *ledger_schema(const struct ledger *);
 

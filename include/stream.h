@@ -166,4 +166,17 @@ struct stream_entry *stream_entry_dup(const struct stream_entry *);
  */
 struct redisContext *stream_redis(struct stream *);
 
+/*
+ * XRANGE source_stream start end COUNT count: history, whatever the
+ * group has read. Returns the number of entries or STREAM_ERR.
+ */
+int	stream_range(struct stream *, const char *start, const char *end,
+	    int count, struct stream_batch *out);
+
+/* The newest entry's id into id: 1, 0 when the stream is empty, or STREAM_ERR. */
+int	stream_last_id(struct stream *, char *id, size_t idlen);
+
+/* XLEN of the source stream, or STREAM_ERR. */
+long long stream_length(struct stream *);
+
 #endif

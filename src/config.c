@@ -47,8 +47,8 @@ static const struct {
 	const char	*key;
 	const char	*what;
 } pending_table[] = {
-	{ SECTION ".backlog_batch_size",	"process-backlog" },
-	{ SECTION ".backlog_max_age_hours",	"process-backlog" },
+	/* Every key is in effect in this release. */
+	{ NULL, NULL }
 };
 
 enum ktype {
@@ -1343,8 +1343,7 @@ pending_note(struct loader *ld, const char *canon, const char *written,
 	struct config *cfg = ld->cfg;
 	struct pending_key *pk;
 
-	for (size_t i = 0; i < sizeof(pending_table) / sizeof(pending_table[0]);
-	    i++) {
+	for (size_t i = 0; pending_table[i].key != NULL; i++) {
 		if (!pending_match(pending_table[i].key, canon))
 			continue;
 		cfg->pending = xreallocarray(cfg->pending, cfg->npending + 1,

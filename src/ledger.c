@@ -31,6 +31,7 @@ struct ledger {
 	char	*sql_record;
 	char	*sql_note;
 	char	*sql_bury;
+	char	*qschema;	/* quoted, for the statements built on demand */
 };
 
 /*
@@ -178,8 +179,9 @@ static const char sql_claim[] =
 "WITH input AS (\n"
 "  SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::text[],\n"
 "                       $10::timestamptz[], $11::text[], $12::text[], $13::text[])\n"
+"    WITH ORDINALITY\n"
 "    AS t(document_id, event_id, event_type, event_source, event_time,\n"
-"         stream_entry_id, batch_id, job_id)\n"
+"         stream_entry_id, batch_id, job_id, ord)\n"
 "), upsert AS (\n"
 "  INSERT INTO @S@.processed_documents AS d\n"
 "    (consumer_group, document_id, status, claimed_by, lease_until, event_id,\n"
@@ -225,7 +227,7 @@ static const char sql_claim[] =
 "            ELSE coalesce(greatest(0, ceil(extract(epoch FROM\n"
 "                 CASE WHEN d.status = 'claimed' THEN d.lease_until\n"
 "                      ELSE d.retry_at END - now()) * 1000)), 0)\n"
-"       END::bigint\n"
+"       END::bigint, i.ord\n"
 "  FROM input i\n"
 "  LEFT JOIN upsert u USING (document_id)\n"
 "  LEFT JOIN @S@.processed_documents d\n"
@@ -351,7 +353,7 @@ ledger_new(const char *dsn, const char *schema, const char *group,
 	l->sql_record = with_schema(sql_record, q);
 	l->sql_note = with_schema(sql_note, q);
 	l->sql_bury = with_schema(sql_bury, q);
-	free(q);
+	l->qschema = q;
 	return l;
 }
 
@@ -371,6 +373,7 @@ ledger_free(struct ledger *l)
 	free(l->sql_record);
 	free(l->sql_note);
 	free(l->sql_bury);
+	free(l->qschema);
 	free(l);
 }
 
@@ -693,21 +696,24 @@ ledger_claim(struct ledger *l, struct ledger_doc *docs, size_t n, int lease_s,
 		    PQntuples(res), n);
 		goto out;
 	}
-	/* Rows come back in no promised order: match by key. */
+	/* Rows come back in no promised order: each names its input. */
 	for (int r = 0; r < PQntuples(res); r++) {
-		const char *key = PQgetvalue(res, r, 0);
+		long long ord = atoll(PQgetvalue(res, r, 6));
+		struct ledger_doc *d;
 
-		for (size_t i = 0; i < n; i++) {
-			if (strcmp(docs[i].document_id, key) != 0)
-				continue;
-			docs[i].claim = claim_parse(PQgetvalue(res, r, 1));
-			docs[i].attempts = atoi(PQgetvalue(res, r, 2));
-			strlcpy_s(docs[i].prev_status, PQgetvalue(res, r, 3),
-			    sizeof(docs[i].prev_status));
-			docs[i].retries = atoi(PQgetvalue(res, r, 4));
-			docs[i].wait_ms = atoll(PQgetvalue(res, r, 5));
-			break;
+		if (ord < 1 || (size_t)ord > n ||
+		    strcmp(docs[ord - 1].document_id,
+		    PQgetvalue(res, r, 0)) != 0) {
+			log_warnx("ledger: claim returned a row out of order");
+			goto out;
 		}
+		d = &docs[ord - 1];
+		d->claim = claim_parse(PQgetvalue(res, r, 1));
+		d->attempts = atoi(PQgetvalue(res, r, 2));
+		strlcpy_s(d->prev_status, PQgetvalue(res, r, 3),
+		    sizeof(d->prev_status));
+		d->retries = atoi(PQgetvalue(res, r, 4));
+		d->wait_ms = atoll(PQgetvalue(res, r, 5));
 	}
 	ret = 0;
 out:
@@ -909,6 +915,166 @@ ledger_counts(struct ledger *l, int minutes, struct ledger_count **out,
 	}
 	ret = n;
 out:
+	PQclear(res);
+	check_broken(l);
+	return ret;
+}
+
+/* What a claim would say, written nowhere (process-backlog --dry-run). */
+static const char sql_peek[] =
+"SELECT CASE\n"
+"         WHEN d.document_id IS NULL THEN 'owned'\n"
+"         WHEN d.status = 'triggered' AND $2::boolean AND ($3::float8 = 0\n"
+"              OR d.triggered_at >= now() - make_interval(secs => $3::float8 * 3600))\n"
+"           THEN 'done'\n"
+"         WHEN d.status = 'claimed' AND d.lease_until >= now() THEN 'busy'\n"
+"         WHEN d.status = 'failed' AND d.retry_at > now() THEN 'wait'\n"
+"         WHEN d.status = 'dead' AND d.stream_entry_id = i.stream_entry_id\n"
+"           THEN 'done'\n"
+"         ELSE 'owned' END, coalesce(d.status, ''), i.ord\n"
+"  FROM unnest($4::text[], $5::text[]) WITH ORDINALITY\n"
+"       AS i(document_id, stream_entry_id, ord)\n"
+"  LEFT JOIN @S@.processed_documents d\n"
+"         ON d.consumer_group = $1 AND d.document_id = i.document_id";
+
+int
+ledger_peek(struct ledger *l, struct ledger_doc *docs, size_t n,
+    double ttl_hours, bool check_done)
+{
+	struct buf a[2];
+	const char *params[5];
+	char ttl[32], *sql;
+	PGresult *res;
+	int ret = -1;
+
+	if (n == 0)
+		return 0;
+	if (ensure_conn(l) == -1)
+		return -1;
+	arrays_open(a, 2);
+	for (size_t i = 0; i < n; i++) {
+		array_text(&a[0], docs[i].document_id);
+		array_text(&a[1], docs[i].entry_id);
+	}
+	arrays_close(a, 2, params + 3);
+	snprintf(ttl, sizeof(ttl), "%.6f", ttl_hours);
+	params[0] = l->group;
+	params[1] = check_done ? "true" : "false";
+	params[2] = ttl;
+	sql = with_schema(sql_peek, l->qschema);
+	res = PQexecParams(l->conn, sql, 5, NULL, params, NULL, NULL, 0);
+	free(sql);
+	arrays_free(a, 2);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+		/* No ledger yet (a dry run creates none): nothing is done. */
+		if (state != NULL && strcmp(state, "42P01") == 0) {
+			for (size_t i = 0; i < n; i++) {
+				docs[i].claim = LEDGER_OWNED;
+				docs[i].prev_status[0] = '\0';
+			}
+			ret = 0;
+		} else
+			log_warnx("ledger: peek failed: %s",
+			    pg_error(l->conn, res));
+		goto out;
+	}
+	for (int r = 0; r < PQntuples(res); r++) {
+		long long ord = atoll(PQgetvalue(res, r, 2));
+
+		if (ord < 1 || (size_t)ord > n)
+			continue;
+		docs[ord - 1].claim = claim_parse(PQgetvalue(res, r, 0));
+		strlcpy_s(docs[ord - 1].prev_status, PQgetvalue(res, r, 1),
+		    sizeof(docs[ord - 1].prev_status));
+	}
+	ret = 0;
+out:
+	PQclear(res);
+	check_broken(l);
+	return ret;
+}
+
+static const char sql_progress_get[] =
+"SELECT start_id, end_id, coalesce(last_id, ''), entries_done,\n"
+"       finished_at IS NOT NULL\n"
+"  FROM @S@.backlog_progress WHERE consumer_group = $1 AND stream = $2";
+
+static const char sql_progress_put[] =
+"INSERT INTO @S@.backlog_progress AS p (consumer_group, stream, start_id,\n"
+"    end_id, last_id, entries_done, finished_at)\n"
+"VALUES ($1, $2, $3, $4, nullif($5, ''), $6::bigint,\n"
+"        CASE WHEN $7::boolean THEN now() END)\n"
+"ON CONFLICT (consumer_group, stream) DO UPDATE SET\n"
+"  start_id = excluded.start_id, end_id = excluded.end_id,\n"
+"  last_id = excluded.last_id, entries_done = excluded.entries_done,\n"
+"  finished_at = excluded.finished_at, updated_at = now(),\n"
+"  started_at = CASE WHEN excluded.last_id IS NULL THEN now()\n"
+"                    ELSE p.started_at END";
+
+int
+ledger_progress_get(struct ledger *l, const char *stream,
+    struct ledger_progress *p)
+{
+	const char *params[2] = { l->group, stream };
+	char *sql;
+	PGresult *res;
+	int ret = -1;
+
+	memset(p, 0, sizeof(*p));
+	if (ensure_conn(l) == -1)
+		return -1;
+	sql = with_schema(sql_progress_get, l->qschema);
+	res = PQexecParams(l->conn, sql, 2, NULL, params, NULL, NULL, 0);
+	free(sql);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK)
+		log_warnx("ledger: reading backlog progress failed: %s",
+		    pg_error(l->conn, res));
+	else if (PQntuples(res) == 0)
+		ret = 0;
+	else {
+		strlcpy_s(p->start_id, PQgetvalue(res, 0, 0),
+		    sizeof(p->start_id));
+		strlcpy_s(p->end_id, PQgetvalue(res, 0, 1), sizeof(p->end_id));
+		strlcpy_s(p->last_id, PQgetvalue(res, 0, 2),
+		    sizeof(p->last_id));
+		p->done = atoll(PQgetvalue(res, 0, 3));
+		p->finished = strcmp(PQgetvalue(res, 0, 4), "t") == 0;
+		ret = 1;
+	}
+	PQclear(res);
+	check_broken(l);
+	return ret;
+}
+
+int
+ledger_progress_put(struct ledger *l, const char *stream,
+    const struct ledger_progress *p)
+{
+	const char *params[7];
+	char done[32], *sql;
+	PGresult *res;
+	int ret = -1;
+
+	if (ensure_conn(l) == -1)
+		return -1;
+	snprintf(done, sizeof(done), "%lld", p->done);
+	params[0] = l->group;
+	params[1] = stream;
+	params[2] = p->start_id;
+	params[3] = p->end_id;
+	params[4] = p->last_id;
+	params[5] = done;
+	params[6] = p->finished ? "true" : "false";
+	sql = with_schema(sql_progress_put, l->qschema);
+	res = PQexecParams(l->conn, sql, 7, NULL, params, NULL, NULL, 0);
+	free(sql);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+		log_warnx("ledger: saving backlog progress failed: %s",
+		    pg_error(l->conn, res));
+	else
+		ret = 0;
 	PQclear(res);
 	check_broken(l);
 	return ret;

@@ -773,3 +773,55 @@ stream_redis(struct stream *s)
 		return NULL;
 	return s->rc;
 }
+
+int
+stream_range(struct stream *s, const char *start, const char *end, int count,
+    struct stream_batch *out)
+{
+	const char *argv[6];
+	char cnt[16];
+	redisReply *r;
+
+	memset(out, 0, sizeof(*out));
+	snprintf(cnt, sizeof(cnt), "%d", count);
+	argv[0] = "XRANGE";
+	argv[1] = s->cfg->source_stream;
+	argv[2] = start;
+	argv[3] = end;
+	argv[4] = "COUNT";
+	argv[5] = cnt;
+	if ((r = command(s, 6, argv, NULL)) == NULL)
+		return STREAM_ERR;
+	if (r->type != REDIS_REPLY_ARRAY)
+		return reply_error(s, r, "XRANGE");
+	parse_entries(r, r, out);
+	return (int)out->n;
+}
+
+int
+stream_last_id(struct stream *s, char *id, size_t idlen)
+{
+	const char *argv[6] = { "XREVRANGE", s->cfg->source_stream, "+", "-",
+	    "COUNT", "1" };
+	redisReply *r;
+	int ret = 0;
+
+	if ((r = command(s, 6, argv, NULL)) == NULL)
+		return STREAM_ERR;
+	if (r->type != REDIS_REPLY_ARRAY)
+		return reply_error(s, r, "XREVRANGE");
+	if (r->elements > 0 && r->element[0]->type == REDIS_REPLY_ARRAY &&
+	    r->element[0]->elements == 2 &&
+	    r->element[0]->element[0]->type == REDIS_REPLY_STRING) {
+		strlcpy_s(id, r->element[0]->element[0]->str, idlen);
+		ret = 1;
+	}
+	freeReplyObject(r);
+	return ret;
+}
+
+long long
+stream_length(struct stream *s)
+{
+	return xlen(s, s->cfg->source_stream);
+}

@@ -133,6 +133,11 @@ struct worker {
 	struct metrics_shm		*shm;
 	struct metrics_slot		*m;
 	cJSON				*no_documents;	/* [] */
+
+	/* Entries older than this (wall ms) are recorded expired; 0: none. */
+	long long			 expire_before_ms;
+	bool				 backlog;	/* read by XRANGE: no XACK */
+	bool				 dry_run;	/* backlog: touch nothing */
 	long long			 next_poll_ms;	/* slot 1: group figures */
 	long long			 lag_warned_ms;
 	long long			 idle_since_ms;	/* wall: lag > 0 since */
@@ -264,6 +269,13 @@ defer(struct item *it, const char *outcome, const char *reason, long long ms)
 	it->retry_ms = ms;
 }
 
+/* The stream entry's id is its time in ms: "<ms>-<seq>". */
+static long long
+entry_time_ms(const char *id)
+{
+	return strtoll(id, NULL, 10);
+}
+
 /* Steps 2-4: decode and validate, filter, route and render. */
 static void
 prepare(struct worker *w, struct item *it)
@@ -326,6 +338,16 @@ prepare(struct worker *w, struct item *it)
 	it->doc.url = it->req.url;
 	it->doc.retry_in_ms = -1;
 
+	if (w->expire_before_ms > 0 &&
+	    entry_time_ms(it->entry->id) < w->expire_before_ms) {
+		/* Backlog older than backlog_max_age_hours: recorded only. */
+		it->fate = FATE_NOTE;
+		it->doc.status = LEDGER_EXPIRED;
+		it->outcome = "event_expired";
+		it->reason = "older_than_backlog_max_age";
+		it->batch = false;
+		return;
+	}
 	if (!cfg->auto_process || it->batch != cfg->batch_mode) {
 		/* Observe only; batch_mode: the other kind of route triggers. */
 		it->fate = FATE_NOTE;
@@ -596,13 +618,6 @@ plan_parts(struct worker *w, struct item *it)
 		}
 		cJSON_Delete(docs);
 	}
-}
-
-/* The stream entry's id is its time in ms: "<ms>-<seq>". */
-static long long
-entry_time_ms(const char *id)
-{
-	return strtoll(id, NULL, 10);
 }
 
 /* The state, and its copy in the counters the master shows. */
@@ -925,9 +940,12 @@ dead_letter(struct worker *w, struct item *items, size_t n)
 static void
 acknowledge(struct worker *w, struct item *items, size_t n)
 {
-	const char **ids = xcalloc(n, sizeof(*ids));
+	const char **ids;
 	size_t k = 0;
 
+	if (w->backlog)
+		return;		/* read by XRANGE, not through the group */
+	ids = xcalloc(n, sizeof(*ids));
 	for (size_t i = 0; i < n; i++)
 		if (items[i].fate == FATE_ACK || items[i].fate == FATE_DEAD)
 			ids[k++] = items[i].entry->id;
@@ -1017,6 +1035,8 @@ count(struct worker *w, const struct item *it)
 		metrics_event(w->m, MO_FILTERED, type);
 	else if (strcmp(o, "event_observed") == 0)
 		metrics_event(w->m, MO_OBSERVED, type);
+	else if (strcmp(o, "event_expired") == 0)
+		metrics_event(w->m, MO_EXPIRED, type);
 	else if (strcmp(o, "event_failed") == 0)
 		w->m->retries++;
 	else
@@ -1737,6 +1757,10 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 	w.held_max = (size_t)cfg->batch_size * 10 > 100 ?
 	    (size_t)cfg->batch_size * 10 : 100;
 	w.recovering = true;		/* step 1: own pending list first */
+	/* process_backlog: history older than the age limit is expired. */
+	if (cfg->process_backlog && cfg->backlog_max_age_hours > 0)
+		w.expire_before_ms = now_wall_ms() -
+		    (long long)(cfg->backlog_max_age_hours * 3600000.0);
 	strlcpy_s(w.page_after, "-", sizeof(w.page_after));
 	touch_every = cfg->claim_idle_ms / 3 > 100 ? cfg->claim_idle_ms / 3 : 100;
 	w.next_touch_ms = now_mono_ms() + touch_every;
@@ -1867,4 +1891,178 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 	cJSON_Delete(w.no_documents);
 	free(w.consumer);
 	return code;
+}
+
+/*
+ * process-backlog (backlog.c): entries read with XRANGE go through the
+ * same round as the group's, but nothing is acknowledged (they were not
+ * read through the group) and nothing is reclaimed or touched.
+ */
+struct worker *
+worker_backlog_open(const struct config *cfg, const struct worker_opts *opts,
+    long long expire_before_ms, bool dry_run)
+{
+	struct worker *w = xcalloc(1, sizeof(*w));
+
+	w->cfg = cfg;
+	w->opts = opts;
+	w->consumer = xasprintf("%s-backlog", cfg->consumer_name);
+	w->stream = stream_new(cfg, w->consumer);
+	w->ledger = ledger_new(cfg->ledger.dsn, cfg->ledger.schema,
+	    cfg->consumer_group, w->consumer, cfg->source_stream);
+	w->trigger = trigger_new(cfg);
+	w->m = opts->tally != NULL ? opts->tally : &unsupervised;
+	if ((w->no_documents = cJSON_CreateArray()) == NULL)
+		fatalx("worker: out of memory");
+	circuit_set(w, CIRCUIT_CLOSED);
+	w->rng = ((uint64_t)getpid() << 32) ^ (uint64_t)now_wall_ms() ^
+	    0x9e3779b97f4a7c15ULL;
+	w->expire_before_ms = expire_before_ms;
+	w->backlog = true;
+	w->dry_run = dry_run;
+	return w;
+}
+
+struct stream *
+worker_backlog_stream(struct worker *w)
+{
+	return w->stream;
+}
+
+struct ledger *
+worker_backlog_ledger(struct worker *w)
+{
+	return w->ledger;
+}
+
+int
+worker_backlog_connect(struct worker *w)
+{
+	if (stream_connect(w->stream) == -1 || ledger_connect(w->ledger) == -1)
+		return -1;
+	if (w->dry_run)
+		return 0;	/* a dry run creates nothing either */
+	return ledger_migrate(w->ledger) < 0 ? -1 : 0;
+}
+
+/* --dry-run: what a round would do, written nowhere; printed to out. */
+static void
+dry_round(struct worker *w, const struct stream_entry *entries, size_t n,
+    FILE *out)
+{
+	struct item *items = xcalloc(n, sizeof(*items));
+
+	for (size_t i = 0; i < n; i++) {
+		struct item *it = &items[i];
+		struct ledger_doc *docs;
+		size_t nd;
+
+		it->entry = &entries[i];
+		it->res.retry_after_s = -1;
+		prepare(w, it);
+		load_documents(w, it);
+		if (it->fate == FATE_DEAD) {
+			fprintf(out, "would dead-letter %s: %s: %s\n",
+			    it->entry->id, it->reason, it->detail);
+		} else if (it->fate == FATE_NOTE) {
+			fprintf(out, "would record %s %s as %s\n",
+			    it->entry->id, it->doc.document_id,
+			    ledger_status_name(it->doc.status));
+			it->outcome = it->doc.status == LEDGER_EXPIRED ?
+			    "event_expired" : "event_observed";
+		} else if (it->fate == FATE_CLAIM) {
+			docs = it->batch ? it->docs : &it->doc;
+			nd = it->batch ? it->file.n : 1;
+			if (ledger_peek(w->ledger, docs, nd,
+			    w->cfg->deduplication_ttl_hours,
+			    w->cfg->check_already_processed) == -1) {
+				defer(it, "event_deferred",
+				    "ledger_unavailable", 0);
+				continue;
+			}
+			it->nowned = 0;
+			for (size_t j = 0; j < nd; j++)
+				if (docs[j].claim == LEDGER_OWNED)
+					it->nowned++;
+			if (it->nowned == 0) {
+				ack(it, "event_duplicate", "already_done");
+				fprintf(out, "would skip %s %s (%s)\n",
+				    it->entry->id, it->doc.document_id,
+				    docs[0].prev_status[0] ?
+				    docs[0].prev_status : "busy");
+			} else {
+				ack(it, "event_triggered", NULL);
+				fprintf(out, "would trigger %s %s %s %s",
+				    it->entry->id, it->doc.document_id,
+				    it->req.method, it->req.url);
+				if (it->batch)
+					fprintf(out, " (%zu of %zu documents)",
+					    it->nowned, nd);
+				fputc('\n', out);
+			}
+		}
+		count(w, it);
+		item_clear(it);
+	}
+	free(items);
+}
+
+void
+worker_backlog_round(struct worker *w, const struct stream_entry *entries,
+    size_t n, FILE *out)
+{
+	if (w->dry_run)
+		dry_round(w, entries, n, out);
+	else
+		process(w, entries, n);
+}
+
+size_t
+worker_backlog_settle(struct worker *w)
+{
+	long long now, due;
+
+	while (w->nheld > 0 && !*w->opts->stop) {
+		now = now_mono_ms();
+		circuit_tick(w, now);
+		if (run_due(w, now))
+			continue;
+		if (w->trouble) {
+			back_off(w);
+			w->trouble = false;
+			if (!stream_connected(w->stream))
+				(void)stream_connect(w->stream);
+			if (!ledger_connected(w->ledger))
+				(void)ledger_connect(w->ledger);
+			continue;
+		}
+		due = next_due(w);
+		if (w->circuit.state == CIRCUIT_OPEN &&
+		    w->circuit.until_ms > due)
+			due = w->circuit.until_ms;
+		nap(w, due > now ? due - now : 1);
+	}
+	return w->nheld;
+}
+
+bool
+worker_backlog_circuit_open(const struct worker *w)
+{
+	return w->circuit.state != CIRCUIT_CLOSED;
+}
+
+void
+worker_backlog_close(struct worker *w)
+{
+	if (w == NULL)
+		return;
+	for (size_t i = 0; i < w->nheld; i++)
+		free(w->held[i].entry);
+	free(w->held);
+	stream_free(w->stream);
+	ledger_free(w->ledger);
+	trigger_free(w->trigger);
+	cJSON_Delete(w->no_documents);
+	free(w->consumer);
+	free(w);
 }
