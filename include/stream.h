@@ -179,4 +179,11 @@ int	stream_last_id(struct stream *, char *id, size_t idlen);
 /* XLEN of the source stream, or STREAM_ERR. */
 long long stream_length(struct stream *);
 
+/*
+ * The dlq_source_id of every dead-letter entry that came from the source
+ * stream: entries already dead-lettered (process-backlog does not add
+ * them twice). out is owned. Returns the number or STREAM_ERR.
+ */
+int	stream_dead_letter_sources(struct stream *, struct stream_ids *out);
+
 #endif

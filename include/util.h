@@ -41,6 +41,7 @@ struct strset {
 };
 void	 strset_init(struct strset *, size_t n);
 int	 strset_add(struct strset *, const char *);	/* 0 if present */
+int	 strset_has(const struct strset *, const char *);
 void	 strset_free(struct strset *);
 
 /* Monotonic and wall clocks in milliseconds. */

@@ -62,6 +62,8 @@ void		 worker_backlog_round(struct worker *,
 /* Runs held retries until none is left or *stop; returns how many are. */
 size_t		 worker_backlog_settle(struct worker *);
 bool		 worker_backlog_circuit_open(const struct worker *);
+/* Entries refused again that the dead-letter stream already holds. */
+size_t		 worker_backlog_dead_again(const struct worker *);
 struct stream	*worker_backlog_stream(struct worker *);
 struct ledger	*worker_backlog_ledger(struct worker *);
 void		 worker_backlog_close(struct worker *);

@@ -414,10 +414,11 @@ run(const struct config *cfg, const struct backlog_opts *o)
 	invalid = sum(tally, MO_INVALID);
 	printf("process-backlog: %s%lld entries of %s: %lld triggered, "
 	    "%lld duplicates, %lld expired, %lld observed, %lld filtered, "
-	    "%lld invalid, %lld dead-lettered\n",
+	    "%lld invalid, %lld dead-lettered, %zu already dead-lettered\n",
 	    o->dry_run ? "(dry run) " : "", p.done, cfg->source_stream,
 	    sum(tally, MO_TRIGGERED), sum(tally, MO_DUPLICATE), expired,
-	    sum(tally, MO_OBSERVED), sum(tally, MO_FILTERED), invalid, dead);
+	    sum(tally, MO_OBSERVED), sum(tally, MO_FILTERED), invalid, dead,
+	    worker_backlog_dead_again(w));
 	if (code != 0)
 		goto out;
 	if (!complete) {

@@ -825,3 +825,68 @@ stream_length(struct stream *s)
 {
 	return xlen(s, s->cfg->source_stream);
 }
+
+int
+stream_dead_letter_sources(struct stream *s, struct stream_ids *out)
+{
+	const char *argv[6];
+	char from[64];
+	redisReply *r;
+	size_t cap = 0;
+
+	memset(out, 0, sizeof(*out));
+	strlcpy_s(from, "-", sizeof(from));
+	for (;;) {
+		argv[0] = "XRANGE";
+		argv[1] = s->cfg->dead_letter_stream;
+		argv[2] = from;
+		argv[3] = "+";
+		argv[4] = "COUNT";
+		argv[5] = "1000";
+		if ((r = command(s, 6, argv, NULL)) == NULL)
+			goto fail;
+		if (r->type != REDIS_REPLY_ARRAY) {
+			reply_error(s, r, "XRANGE");
+			goto fail;
+		}
+		for (size_t i = 0; i < r->elements; i++) {
+			const redisReply *e = r->element[i], *kv;
+			const char *src = NULL, *id = NULL;
+
+			if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+			    (kv = e->element[1])->type != REDIS_REPLY_ARRAY)
+				continue;
+			/* The last dlq_* fields are the ones stagerelay added. */
+			for (size_t j = 0; j + 1 < kv->elements; j += 2) {
+				const char *k = kv->element[j]->str;
+
+				if (k == NULL || kv->element[j + 1]->str == NULL)
+					continue;
+				if (strcmp(k, "dlq_source_stream") == 0)
+					src = kv->element[j + 1]->str;
+				else if (strcmp(k, "dlq_source_id") == 0)
+					id = kv->element[j + 1]->str;
+			}
+			if (src == NULL || id == NULL ||
+			    strcmp(src, s->cfg->source_stream) != 0)
+				continue;
+			if (out->n == cap) {
+				cap = cap ? cap * 2 : 64;
+				out->ids = xreallocarray(out->ids, cap,
+				    sizeof(*out->ids));
+			}
+			out->ids[out->n++] = xstrdup(id);
+		}
+		if (r->elements > 0)
+			snprintf(from, sizeof(from), "(%s",
+			    r->element[r->elements - 1]->element[0]->str);
+		if (r->elements < 1000) {
+			freeReplyObject(r);
+			return (int)out->n;
+		}
+		freeReplyObject(r);
+	}
+fail:
+	stream_ids_free(out);
+	return STREAM_ERR;
+}

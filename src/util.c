@@ -272,3 +272,15 @@ strset_free(struct strset *set)
 	set->slot = NULL;
 	set->cap = 0;
 }
+
+int
+strset_has(const struct strset *set, const char *s)
+{
+	if (set->cap == 0)
+		return 0;
+	for (size_t i = fnv1a(s) & (set->cap - 1); set->slot[i] != NULL;
+	    i = (i + 1) & (set->cap - 1))
+		if (strcmp(set->slot[i], s) == 0)
+			return 1;
+	return 0;
+}

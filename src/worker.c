@@ -138,6 +138,9 @@ struct worker {
 	long long			 expire_before_ms;
 	bool				 backlog;	/* read by XRANGE: no XACK */
 	bool				 dry_run;	/* backlog: touch nothing */
+	struct stream_ids		 dead_ids;	/* backlog: in the dead-letter */
+	struct strset			 dead_known;	/* stream already */
+	size_t				 dead_again;	/* met again, not re-added */
 	long long			 next_poll_ms;	/* slot 1: group figures */
 	long long			 lag_warned_ms;
 	long long			 idle_since_ms;	/* wall: lag > 0 since */
@@ -924,6 +927,12 @@ dead_letter(struct worker *w, struct item *items, size_t n)
 
 		if (it->fate != FATE_DEAD)
 			continue;
+		if (strset_has(&w->dead_known, it->entry->id)) {
+			/* A backlog run meets what an earlier one refused. */
+			ack(it, "event_already_dead_lettered", it->reason);
+			w->dead_again++;
+			continue;
+		}
 		dl.reason = it->reason;
 		dl.detail = it->detail;
 		dl.attempts = it->doc.attempts + (it->triggered ? 1 : 0);
@@ -1940,6 +1949,11 @@ worker_backlog_connect(struct worker *w)
 {
 	if (stream_connect(w->stream) == -1 || ledger_connect(w->ledger) == -1)
 		return -1;
+	if (stream_dead_letter_sources(w->stream, &w->dead_ids) < 0)
+		return -1;
+	strset_init(&w->dead_known, w->dead_ids.n);
+	for (size_t i = 0; i < w->dead_ids.n; i++)
+		strset_add(&w->dead_known, w->dead_ids.ids[i]);
 	if (w->dry_run)
 		return 0;	/* a dry run creates nothing either */
 	return ledger_migrate(w->ledger) < 0 ? -1 : 0;
@@ -1961,7 +1975,12 @@ dry_round(struct worker *w, const struct stream_entry *entries, size_t n,
 		it->res.retry_after_s = -1;
 		prepare(w, it);
 		load_documents(w, it);
-		if (it->fate == FATE_DEAD) {
+		if (it->fate == FATE_DEAD && strset_has(&w->dead_known,
+		    it->entry->id)) {
+			fprintf(out, "already dead-lettered %s: %s\n",
+			    it->entry->id, it->reason);
+			ack(it, "event_already_dead_lettered", it->reason);
+		} else if (it->fate == FATE_DEAD) {
 			fprintf(out, "would dead-letter %s: %s: %s\n",
 			    it->entry->id, it->reason, it->detail);
 		} else if (it->fate == FATE_NOTE) {
@@ -2063,6 +2082,14 @@ worker_backlog_close(struct worker *w)
 	ledger_free(w->ledger);
 	trigger_free(w->trigger);
 	cJSON_Delete(w->no_documents);
+	strset_free(&w->dead_known);
+	stream_ids_free(&w->dead_ids);
 	free(w->consumer);
 	free(w);
+}
+
+size_t
+worker_backlog_dead_again(const struct worker *w)
+{
+	return w->dead_again;
 }

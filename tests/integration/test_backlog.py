@@ -34,7 +34,7 @@ def summary(r):
             if x.startswith("process-backlog:") and "entries of" in x][-1]
     return {what: int(n) for n, what in re.findall(
         r"(\d+) (triggered|duplicates|expired|observed|filtered|invalid|"
-        r"dead-lettered)", line)}
+        r"dead-lettered|already dead-lettered)", line)}
 
 
 def test_the_proposals_350_event_backlog_triggers_each_document_once(env):
@@ -68,10 +68,14 @@ def test_the_proposals_350_event_backlog_triggers_each_document_once(env):
     assert progress["entries_done"] == len(events)
 
     again = backlog(env)
+    assert again.returncode == EXIT_OK, again      # nothing new refused
     assert len(env.requests()) == len(documents)     # nothing new sent
     assert summary(again)["triggered"] == 0
     assert summary(again)["duplicates"] == \
         len(documents) + labels["document.cleaned (re-published)"]
+    # What the first run dead-lettered is not added again.
+    assert summary(again)["already dead-lettered"] == malformed
+    assert len(env.dead_letters()) == malformed
 
 
 def test_max_age_hours_expires_old_entries(env):
