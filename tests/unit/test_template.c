@@ -527,6 +527,60 @@ START_TEST(test_route_job_null_batch)
 }
 END_TEST
 
+START_TEST(test_route_batch_documents)
+{
+	struct cloudevent ev;
+	struct request rq;
+	struct route r;
+	cJSON *docs;
+	char *path;
+
+	memset(&r, 0, sizeof(r));
+	r.name = "batch";
+	r.kind = "batch";
+	r.path = "/api/v1/documents/batch";
+	r.idempotency_key = "job:{{data.job_id}}";
+	r.documents_file = "{{data.output_location}}";
+	r.content_mode = CONTENT_BODY;
+	r.body = cJSON_Parse("{\"documents\":\"{{documents}}\","
+	    "\"ids\":\"{{document_ids}}\",\"n\":\"{{data.job_id}}\"}");
+	event(&ev, "specversion", "1.0", "type", JOB_COMPLETED,
+	    "source", "s", "id", "ev-b", "data", "{\"job_id\":\"J\","
+	    "\"output_location\":\"stage1/j.jsonl\"}", NULL);
+	docs = cJSON_Parse("[{\"document_id\":\"d1\",\"t\":1},"
+	    "{\"document_id\":\"d2\"}]");
+
+	ck_assert_ptr_nonnull(path = route_documents_file(&r, &ev, err,
+	    sizeof(err)));
+	ck_assert_str_eq(path, "stage1/j.jsonl");
+	free(path);
+
+	/* One request: the route's key as is. */
+	ck_assert_msg(route_render_batch(&r, &cfg, &ev, docs, 1, 1, &rq, err,
+	    sizeof(err)) == 0, "%s", err);
+	ck_assert_str_eq(rq.idempotency_key, "job:J");
+	ck_assert_str_eq(rq.body, "{\"documents\":[{\"document_id\":\"d1\","
+	    "\"t\":1},{\"document_id\":\"d2\"}],\"ids\":[\"d1\",\"d2\"],"
+	    "\"n\":\"J\"}");
+	request_free(&rq);
+	/* A split batch: each request has its own key. */
+	ck_assert_msg(route_render_batch(&r, &cfg, &ev, docs, 2, 3, &rq, err,
+	    sizeof(err)) == 0, "%s", err);
+	ck_assert_str_eq(rq.idempotency_key, "job:J#2/3");
+	request_free(&rq);
+	/* The event is left as it was: no documents member added. */
+	ck_assert_ptr_null(cJSON_GetObjectItem(ev.json, "documents"));
+	/* Outside a batch, {{documents}} is a render error. */
+	ck_assert_int_eq(route_render(&r, &cfg, &ev, &rq, err, sizeof(err)),
+	    -1);
+	ck_assert_str_eq(err, "body: no value at documents");
+
+	cJSON_Delete(docs);
+	cJSON_Delete(r.body);
+	cloudevent_free(&ev);
+}
+END_TEST
+
 START_TEST(test_route_structured)
 {
 	struct cloudevent ev;
@@ -712,6 +766,7 @@ template_suite(void)
 	tcase_add_test(tr, test_route_document_default);
 	tcase_add_test(tr, test_route_missing_document_id);
 	tcase_add_test(tr, test_route_job_null_batch);
+	tcase_add_test(tr, test_route_batch_documents);
 	tcase_add_test(tr, test_route_structured);
 	tcase_add_test(tr, test_route_binary);
 	tcase_add_test(tr, test_route_url);
