@@ -39,6 +39,13 @@ int	route_render(const struct route *, const struct config *,
 void	request_free(struct request *);
 
 /*
+ * Only what recording an event needs (observe only, expired): the key
+ * and the ids; no URL, no body. Returns 0, or -1 with err set.
+ */
+int	route_render_key(const struct route *, const struct cloudevent *,
+	    struct request *out, char *err, size_t errlen);
+
+/*
  * The documents file a batch route names for ev, rendered: a malloc'd
  * path, or NULL with err set (a render error).
  */

@@ -11,6 +11,7 @@
 #ifndef STAGERELAY_TEMPLATE_H
 #define STAGERELAY_TEMPLATE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <cJSON.h>
@@ -28,6 +29,10 @@ cJSON	*template_render(const cJSON *tmpl, const cJSON *ctx, char *err,
 /* Renders a template string as text. Returns a malloc'd string or NULL. */
 char	*template_render_string(const char *tmpl, const cJSON *ctx, char *err,
 	    size_t errlen);
+
+/* Whether a template names root or a path below it (root.x, root[0]). */
+bool	 template_refers(const char *tmpl, const char *root);
+bool	 template_refers_tree(const cJSON *tmpl, const char *root);
 
 /* Syntax check (balanced braces, non-empty paths) for config load. */
 int	 template_check(const char *tmpl, char *err, size_t errlen);

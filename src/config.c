@@ -1141,6 +1141,24 @@ parse_route(struct loader *ld, yaml_node_t *item, size_t idx,
 		    "(drop kind: document, or the documents_file)", rkey);
 		goto out;
 	}
+	/* The batch is known to a batch route's body, and only there. */
+	for (size_t i = 0; i < 2; i++) {
+		const char *root = i == 0 ? "documents" : "document_ids";
+
+		if (template_refers(r->idempotency_key, root) ||
+		    template_refers(r->path, root) ||
+		    template_refers(r->documents_file, root)) {
+			lerr(ld, item, "%s: {{%s}} can only be used in the body "
+			    "of a batch route", rkey, root);
+			goto out;
+		}
+		if (r->documents_file == NULL &&
+		    template_refers_tree(r->body, root)) {
+			lerr(ld, item, "%s.body: {{%s}} needs a documents_file "
+			    "(a batch route)", rkey, root);
+			goto out;
+		}
+	}
 	if (r->name == NULL)
 		r->name = xasprintf("route[%zu]", idx);
 	rv = 0;

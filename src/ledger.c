@@ -166,6 +166,7 @@ static const struct migration {
 "COMMENT ON COLUMN @S@.deliveries.idempotency_key IS 'Idempotency-Key header sent: the document id, or for a batch request the route''s key (job:<job_id>), with #<part>/<parts> appended when the batch was split.';\n"
 "COMMENT ON COLUMN @S@.processed_documents.document_id IS 'The document id: the rendered idempotency key of a document route, or a document_id line of a batch route''s documents file. Events of a route that is not in effect (batch_mode) are recorded observed under their own key, e.g. job:<job_id>.';\n"
 "COMMENT ON COLUMN @S@.processed_documents.event_id IS 'CloudEvent id of the event that last claimed the document: the document event, or the job event whose batch carried it.';\n"
+"COMMENT ON COLUMN @S@.processed_documents.status IS 'claimed (in flight), triggered (NLP accepted it), failed (transient failure, retried at retry_at), dead (gave up: permanent failure, retries exhausted or poison; see the dead-letter stream), observed (recorded only: auto_process off, or its route not in effect under batch_mode), expired (older than the backlog age limit; recorded, not triggered).';\n"
 "COMMENT ON TABLE @S@.backlog_progress IS 'Where stagerelay process-backlog got to, per consumer group and stream, so --resume continues after last_id.';\n"
 "COMMENT ON COLUMN @S@.backlog_progress.start_id IS 'First stream id of the run (--start-id, or - for the beginning).';\n"
 "COMMENT ON COLUMN @S@.backlog_progress.end_id IS 'Last stream id of the run (--end-id, or the last entry when the run began).';\n"

@@ -342,6 +342,26 @@ route_render(const struct route *r, const struct config *cfg,
 	    errlen);
 }
 
+int
+route_render_key(const struct route *r, const struct cloudevent *ev,
+    struct request *out, char *err, size_t errlen)
+{
+	memset(out, 0, sizeof(*out));
+	out->route = r;
+	if (errlen > 0)
+		err[0] = '\0';
+	out->method = xstrdup(r->method != NULL && *r->method != '\0' ?
+	    r->method : "POST");
+	if (render_key(r, ev->json, out, err, errlen) == -1) {
+		request_free(out);
+		return -1;
+	}
+	out->document_id = data_id(ev, "document_id");
+	out->job_id = data_id(ev, "job_id");
+	out->batch_id = data_id(ev, "batch_id");
+	return 0;
+}
+
 char *
 route_documents_file(const struct route *r, const struct cloudevent *ev,
     char *err, size_t errlen)
@@ -373,8 +393,12 @@ route_render_batch(const struct route *r, const struct config *cfg,
 	if ((ctx = cJSON_CreateObject()) == NULL ||
 	    (ids = cJSON_CreateArray()) == NULL)
 		fatalx("route: out of memory");
+	/* An event attribute may not pass itself off as the batch. */
 	for (c = ev->json->child; c != NULL; c = c->next)
-		cJSON_AddItemReferenceToObject(ctx, c->string, (cJSON *)c);
+		if (strcmp(c->string, "documents") != 0 &&
+		    strcmp(c->string, "document_ids") != 0)
+			cJSON_AddItemReferenceToObject(ctx, c->string,
+			    (cJSON *)c);
 	for (c = documents->child; c != NULL; c = c->next)
 		cJSON_AddItemToArray(ids, cJSON_CreateString(
 		    cJSON_GetObjectItemCaseSensitive(c,

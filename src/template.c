@@ -381,3 +381,46 @@ template_check_tree(const cJSON *tmpl, char *err, size_t errlen)
 	buf_free(&where);
 	return r;
 }
+
+/* Whether a placeholder's path is root or lies below it. */
+static bool
+path_under(const struct placeholder *ph, const char *root)
+{
+	size_t len = strlen(root);
+
+	return ph->pathlen >= len && strncmp(ph->path, root, len) == 0 &&
+	    (ph->pathlen == len || ph->path[len] == '.' ||
+	    ph->path[len] == '[');
+}
+
+bool
+template_refers(const char *tmpl, const char *root)
+{
+	struct placeholder ph;
+	const char *s = tmpl;
+
+	if (tmpl == NULL)
+		return false;
+	while (next_placeholder(tmpl, s, &ph, NULL, 0) == 1) {
+		if (path_under(&ph, root))
+			return true;
+		s = ph.end;
+	}
+	return false;
+}
+
+bool
+template_refers_tree(const cJSON *tmpl, const char *root)
+{
+	const cJSON *c;
+
+	if (tmpl == NULL)
+		return false;
+	if (cJSON_IsString(tmpl))
+		return template_refers(tmpl->valuestring, root);
+	for (c = tmpl->child; c != NULL; c = c->next)
+		if ((c->string != NULL && template_refers(c->string, root)) ||
+		    template_refers_tree(c, root))
+			return true;
+	return false;
+}

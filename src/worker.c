@@ -286,6 +286,7 @@ prepare(struct worker *w, struct item *it)
 	const struct config *cfg = w->cfg;
 	const struct route *route;
 	enum cloudevent_error ce;
+	bool expired, observe;
 	char err[512];
 
 	if (it->entry->nfields == 0) {
@@ -314,8 +315,13 @@ prepare(struct worker *w, struct item *it)
 		return;
 	}
 	it->batch = strcmp(route->kind, "batch") == 0;
-	if ((it->batch ? route_render_batch(route, cfg, &it->ev,
-	    w->no_documents, 1, 1, &it->req, err, sizeof(err)) :
+	expired = w->expire_before_ms > 0 &&
+	    entry_time_ms(it->entry->id) < w->expire_before_ms;
+	observe = !cfg->auto_process || it->batch != cfg->batch_mode;
+	/* Recorded only: the key is all it needs, not a request. */
+	if ((expired || observe ? route_render_key(route, &it->ev, &it->req,
+	    err, sizeof(err)) : it->batch ? route_render_batch(route, cfg,
+	    &it->ev, w->no_documents, 1, 1, &it->req, err, sizeof(err)) :
 	    route_render(route, cfg, &it->ev, &it->req, err,
 	    sizeof(err))) == -1) {
 		dead(it, "render_error", "route %s: %s", route->name, err);
@@ -341,8 +347,7 @@ prepare(struct worker *w, struct item *it)
 	it->doc.url = it->req.url;
 	it->doc.retry_in_ms = -1;
 
-	if (w->expire_before_ms > 0 &&
-	    entry_time_ms(it->entry->id) < w->expire_before_ms) {
+	if (expired) {
 		/* Backlog older than backlog_max_age_hours: recorded only. */
 		it->fate = FATE_NOTE;
 		it->doc.status = LEDGER_EXPIRED;
@@ -351,7 +356,7 @@ prepare(struct worker *w, struct item *it)
 		it->batch = false;
 		return;
 	}
-	if (!cfg->auto_process || it->batch != cfg->batch_mode) {
+	if (observe) {
 		/* Observe only; batch_mode: the other kind of route triggers. */
 		it->fate = FATE_NOTE;
 		it->doc.status = LEDGER_OBSERVED;
@@ -584,36 +589,48 @@ out:
 }
 
 /*
- * A batch's documents, in requests of at most max_batch_documents each,
- * rendered with {{documents}}. A render error dead-letters the event.
+ * A batch's requests. The file is cut into chunks of max_batch_documents
+ * lines, request k of n carrying chunk k's documents still owed, keyed
+ * "<key>#k/n" (the plain key when n is 1). The cut depends on the file
+ * alone, so a retry sends a chunk under the key it had before, with the
+ * same documents or fewer. A render error dead-letters the event.
  */
 static void
 plan_parts(struct worker *w, struct item *it)
 {
-	size_t per = (size_t)w->cfg->max_batch_documents, next = 0;
+	size_t per = (size_t)w->cfg->max_batch_documents, chunks, j = 0;
+	const cJSON *c;
 	char err[512];
 
 	if (it->fate != FATE_CLAIM || !it->batch)
 		return;
-	it->nparts = (it->nowned + per - 1) / per;
-	it->parts = xcalloc(it->nparts, sizeof(*it->parts));
-	for (size_t p = 0; p < it->nparts; p++) {
-		struct part *pt = &it->parts[p];
+	chunks = (it->file.n + per - 1) / per;
+	if (per > it->file.n)
+		per = it->file.n;
+	it->parts = xcalloc(chunks, sizeof(*it->parts));
+	c = it->file.docs->child;
+	for (size_t k = 0; k < chunks; k++) {
+		struct part *pt = &it->parts[it->nparts];
 		cJSON *docs = cJSON_CreateArray();
-		const cJSON *c = it->file.docs->child;
-		size_t j = 0;
+		size_t end = j + per < it->file.n ? j + per : it->file.n;
 
 		pt->docs = xcalloc(per, sizeof(*pt->docs));
 		pt->res.retry_after_s = -1;
-		for (; c != NULL && pt->n < per; c = c->next, j++) {
-			if (j < next || !it->owned[j])
+		for (; j < end; j++, c = c->next) {
+			if (!it->owned[j])
 				continue;
 			cJSON_AddItemReferenceToArray(docs, (cJSON *)c);
 			pt->docs[pt->n++] = j;
 		}
-		next = j;
+		if (pt->n == 0) {	/* all done or held elsewhere */
+			free(pt->docs);
+			memset(pt, 0, sizeof(*pt));
+			cJSON_Delete(docs);
+			continue;
+		}
+		it->nparts++;
 		if (route_render_batch(it->req.route, w->cfg, &it->ev, docs,
-		    p + 1, it->nparts, &pt->req, err, sizeof(err)) == -1) {
+		    k + 1, chunks, &pt->req, err, sizeof(err)) == -1) {
 			cJSON_Delete(docs);
 			dead(it, "render_error", "route %s: %s",
 			    it->req.route->name, err);
@@ -756,7 +773,6 @@ static void
 settle_batch(struct worker *w, struct item *it, bool counted)
 {
 	const struct part *worst = NULL;
-	size_t which = 0;
 
 	for (size_t p = 0; p < it->nparts; p++) {
 		enum trigger_outcome o = it->parts[p].res.outcome;
@@ -766,7 +782,6 @@ settle_batch(struct worker *w, struct item *it, bool counted)
 		    o == TRIGGER_TRANSIENT)))
 			continue;
 		worst = &it->parts[p];
-		which = p;
 	}
 	result_copy(&it->res, worst != NULL ? &worst->res : &it->parts[0].res);
 	it->triggered = true;
@@ -775,8 +790,8 @@ settle_batch(struct worker *w, struct item *it, bool counted)
 		ack(it, "event_triggered", NULL);
 	} else if (worst->res.outcome == TRIGGER_PERMANENT) {
 		it->doc.status = LEDGER_DEAD;
-		dead(it, permanent_reason(&worst->res), "request %zu of %zu "
-		    "(%zu documents): %s", which + 1, it->nparts, worst->n,
+		dead(it, permanent_reason(&worst->res), "request %s (%zu "
+		    "documents): %s", worst->req.idempotency_key, worst->n,
 		    worst->res.error ? worst->res.error : "permanent failure");
 	} else
 		transient(w, it, counted);

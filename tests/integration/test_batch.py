@@ -138,6 +138,31 @@ def test_max_batch_documents_splits_a_file_into_requests(env):
     assert env.pending() == 0
 
 
+def test_a_split_batch_retries_only_the_failed_request_under_its_key(env):
+    docs = ids(25)
+    path = env.write_documents("stage1/split-retry.jsonl", docs)
+    env.mock.behaviour(status=503, count=1)      # one of the three fails
+    env.publisher.job_completed("job-sr", "b", output_location=path)
+
+    env.drain(routes=ROUTES, batch_mode=True, max_batch_documents=10,
+              retry_delay_seconds=0.1, max_retry_delay_seconds=0.2)
+
+    reqs = env.requests()
+    assert len(reqs) == 4, [key(q) for q in reqs]
+    by = {}
+    for q in reqs:
+        by.setdefault(key(q), []).append(sent_ids(q))
+    assert sorted(by) == ["job:job-sr#1/3", "job:job-sr#2/3",
+                          "job:job-sr#3/3"]
+    (again,) = [k for k, v in by.items() if len(v) == 2]
+    # The same request again: same key, same documents; the others
+    # were not resent.
+    assert by[again][0] == by[again][1]
+    for row in env.rows():
+        assert row["status"] == "triggered"
+    assert env.pending() == 0
+
+
 def test_a_transient_failure_retries_the_batch_with_the_same_key(env):
     docs = ids(4)
     path = env.write_documents("stage1/retry.jsonl", docs)

@@ -658,6 +658,9 @@ def test_batch_mode_false_records_job_events_and_triggers_documents(env):
     doc = env.publisher.document_cleaned("doc-one", "one by one")
     job = env.publisher.job_completed("job-obs", "batch-obs",
                                       output_location="/nonexistent.jsonl")
+    # The deployed Stage 1 names no file: recorded all the same.
+    bare = env.publisher.job_completed("job-bare", "batch-bare",
+                                       output_location=None)
 
     r = env.drain()
 
@@ -667,6 +670,8 @@ def test_batch_mode_false_records_job_events_and_triggers_documents(env):
     assert row["status"] == "observed"
     assert row["event_id"] == job.id
     assert r.log("event_observed", event_id=job.id, reason="batch_mode_off")
+    assert env.row("job:job-bare")["status"] == "observed"
+    assert r.log("event_observed", event_id=bare.id)
     assert r.log("event_triggered", event_id=doc.id)
     assert env.pending() == 0
     assert env.dead_letters() == []

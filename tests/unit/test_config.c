@@ -405,6 +405,15 @@ START_TEST(test_unknown_key)
 	    "      path: /x\n      idempotency_key: k\n      body: {}\n"
 	    "      kind: job\n",
 	    "expected one of document, batch, got \"job\"");
+	expect_error("event_consumer:\n  routes:\n    - types: [x]\n"
+	    "      path: /x\n      idempotency_key: k\n"
+	    "      body: {d: \"{{documents}}\"}\n",
+	    "test.yaml:3:7: event_consumer.routes[0].body: {{documents}} needs "
+	    "a documents_file (a batch route)");
+	expect_error("event_consumer:\n  routes:\n    - types: [x]\n"
+	    "      path: /x\n      body: {}\n      documents_file: f\n"
+	    "      idempotency_key: \"{{document_ids.0}}\"\n",
+	    "{{document_ids}} can only be used in the body of a batch route");
 }
 END_TEST
 

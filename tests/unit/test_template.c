@@ -574,6 +574,15 @@ START_TEST(test_route_batch_documents)
 	ck_assert_int_eq(route_render(&r, &cfg, &ev, &rq, err, sizeof(err)),
 	    -1);
 	ck_assert_str_eq(err, "body: no value at documents");
+	cloudevent_free(&ev);
+	/* An extension attribute named documents cannot replace the batch. */
+	event(&ev, "specversion", "1.0", "type", JOB_COMPLETED,
+	    "source", "s", "id", "ev-c", "documents", "evil",
+	    "data", "{\"job_id\":\"J\"}", NULL);
+	ck_assert_msg(route_render_batch(&r, &cfg, &ev, docs, 1, 1, &rq, err,
+	    sizeof(err)) == 0, "%s", err);
+	ck_assert_ptr_null(strstr(rq.body, "evil"));
+	request_free(&rq);
 
 	cJSON_Delete(docs);
 	cJSON_Delete(r.body);
