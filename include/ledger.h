@@ -46,6 +46,7 @@ struct ledger_doc {
 	int		 attempts;	/* requests made before this one */
 	int		 retries;	/* transient failures counted so far */
 	long long	 wait_ms;	/* BUSY: lease left; WAIT: until due */
+	bool		 same_entry;	/* the row names this stream entry */
 	char		 prev_status[12];
 
 	/* Set by the caller before ledger_record(). */

@@ -56,12 +56,14 @@ char	*route_documents_file(const struct route *, const struct cloudevent *,
  * Renders request part of nparts (1-based) of a batch route. The
  * templates see the event and {{documents}} (documents, an array of
  * document objects each with a string document_id) and {{document_ids}}.
- * A split batch's keys get "#part/nparts" appended. Returns 0, or -1
- * with err set.
+ * A split batch's keys get "#part/nparts" appended, and "~tag" when tag
+ * is not NULL (a request carrying only some of its part's documents).
+ * Returns 0, or -1 with err set.
  */
 int	route_render_batch(const struct route *, const struct config *,
 	    const struct cloudevent *, const cJSON *documents, size_t part,
-	    size_t nparts, struct request *out, char *err, size_t errlen);
+	    size_t nparts, const char *tag, struct request *out, char *err,
+	    size_t errlen);
 
 /* Default routes of DESIGN.md §4 (used when the config has no routes:). */
 struct route	*route_defaults(size_t *n);

@@ -228,7 +228,8 @@ static const char sql_claim[] =
 "            ELSE coalesce(greatest(0, ceil(extract(epoch FROM\n"
 "                 CASE WHEN d.status = 'claimed' THEN d.lease_until\n"
 "                      ELSE d.retry_at END - now()) * 1000)), 0)\n"
-"       END::bigint, i.ord\n"
+"       END::bigint, i.ord,\n"
+"       coalesce(d.stream_entry_id = i.stream_entry_id, false)\n"
 "  FROM input i\n"
 "  LEFT JOIN upsert u USING (document_id)\n"
 "  LEFT JOIN @S@.processed_documents d\n"
@@ -715,6 +716,7 @@ ledger_claim(struct ledger *l, struct ledger_doc *docs, size_t n, int lease_s,
 		    sizeof(d->prev_status));
 		d->retries = atoi(PQgetvalue(res, r, 4));
 		d->wait_ms = atoll(PQgetvalue(res, r, 5));
+		d->same_entry = strcmp(PQgetvalue(res, r, 7), "t") == 0;
 	}
 	ret = 0;
 out:

@@ -382,7 +382,8 @@ route_documents_file(const struct route *r, const struct cloudevent *ev,
 int
 route_render_batch(const struct route *r, const struct config *cfg,
     const struct cloudevent *ev, const cJSON *documents, size_t part,
-    size_t nparts, struct request *out, char *err, size_t errlen)
+    size_t nparts, const char *tag, struct request *out, char *err,
+    size_t errlen)
 {
 	cJSON *ctx, *ids;
 	const cJSON *c;
@@ -407,10 +408,13 @@ route_render_batch(const struct route *r, const struct config *cfg,
 	cJSON_AddItemToObject(ctx, "document_ids", ids);
 	rv = render(r, cfg, ev, ctx, out, err, errlen);
 	cJSON_Delete(ctx);
-	if (rv == 0 && nparts > 1) {
+	if (rv == 0 && (nparts > 1 || tag != NULL)) {
 		/* Each request of a split batch has a key of its own. */
-		key = xasprintf("%s#%zu/%zu", out->idempotency_key, part,
-		    nparts);
+		if (nparts > 1)
+			key = xasprintf("%s#%zu/%zu%s%s", out->idempotency_key,
+			    part, nparts, tag ? "~" : "", tag ? tag : "");
+		else
+			key = xasprintf("%s~%s", out->idempotency_key, tag);
 		free(out->idempotency_key);
 		out->idempotency_key = key;
 	}

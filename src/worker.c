@@ -63,6 +63,8 @@ struct item {
 	char			 event_time[64];
 	struct trigger_result	 res;
 	bool			 triggered;	/* a request was made */
+	bool			 expire;	/* older than the backlog age limit */
+	bool			 record_only;	/* ours: recorded, not triggered */
 	enum fate		 fate;
 	long long		 retry_ms;	/* FATE_PENDING: hold this long */
 	const char		*outcome;	/* log msg: event_triggered, ... */
@@ -321,7 +323,8 @@ prepare(struct worker *w, struct item *it)
 	/* Recorded only: the key is all it needs, not a request. */
 	if ((expired || observe ? route_render_key(route, &it->ev, &it->req,
 	    err, sizeof(err)) : it->batch ? route_render_batch(route, cfg,
-	    &it->ev, w->no_documents, 1, 1, &it->req, err, sizeof(err)) :
+	    &it->ev, w->no_documents, 1, 1, NULL, &it->req, err,
+	    sizeof(err)) :
 	    route_render(route, cfg, &it->ev, &it->req, err,
 	    sizeof(err))) == -1) {
 		dead(it, "render_error", "route %s: %s", route->name, err);
@@ -348,11 +351,15 @@ prepare(struct worker *w, struct item *it)
 	it->doc.retry_in_ms = -1;
 
 	if (expired) {
-		/* Backlog older than backlog_max_age_hours: recorded only. */
-		it->fate = FATE_NOTE;
+		/*
+		 * Backlog older than backlog_max_age_hours: recorded, not
+		 * triggered, under a claim like any other outcome, so a
+		 * document another entry owes (or whose retry is ours) is
+		 * not written over.
+		 */
+		it->fate = FATE_CLAIM;
+		it->expire = true;
 		it->doc.status = LEDGER_EXPIRED;
-		it->outcome = "event_expired";
-		it->reason = "older_than_backlog_max_age";
 		it->batch = false;
 		return;
 	}
@@ -467,15 +474,18 @@ claimed_one(struct item *it, const struct ledger_doc *d, long long recheck)
 }
 
 /*
- * What the ledger said of a batch's documents. Ours are sent; done ones
- * and those another consumer holds (its entry is pending, so it is owed
- * there) are left out. A document whose retry is not due holds the whole
- * event back until it is: its failure may be this event's own.
+ * What the ledger said of a batch's documents. Ours are sent; done ones,
+ * and those another entry's claim holds (that entry is pending, so the
+ * document is owed there), are left out. A document whose claim or
+ * retry belongs to this very entry (a consumer that died on it, or our
+ * own failure) holds the whole event back until the lease ends or the
+ * retry is due: nobody else owes it.
  */
 static void
-claimed_batch(struct item *it)
+claimed_batch(struct item *it, long long recheck)
 {
 	long long wait = -1;
+	const char *why = "retry_not_due";
 
 	it->nowned = 0;
 	it->doc.attempts = it->doc.retries = 0;
@@ -491,10 +501,15 @@ claimed_batch(struct item *it)
 				it->doc.retries = d->retries;
 		} else if (d->claim == LEDGER_WAIT && d->wait_ms > wait)
 			wait = d->wait_ms;
+		else if (d->claim == LEDGER_BUSY && d->same_entry &&
+		    (d->wait_ms < recheck ? d->wait_ms + 40 : recheck) > wait) {
+			wait = d->wait_ms < recheck ? d->wait_ms + 40 : recheck;
+			why = "claimed_by_another_consumer";
+		}
 	}
 	it->nskipped = it->file.n - it->nowned;
 	if (wait >= 0)
-		defer(it, "event_retry_scheduled", "retry_not_due", wait + 10);
+		defer(it, "event_retry_scheduled", why, wait + 10);
 	else if (it->nowned == 0)
 		ack(it, "event_duplicate", "no_new_documents");
 }
@@ -540,6 +555,7 @@ claim(struct worker *w, struct item *items, size_t n)
 		for (size_t j = 0; j < it->file.n; j++) {
 			/* Not ours this round: left out like a busy one. */
 			it->docs[j].claim = LEDGER_BUSY;
+			it->docs[j].same_entry = false;
 			if (!strset_add(&seen, it->docs[j].document_id))
 				continue;
 			docs[k] = it->docs[j];
@@ -575,17 +591,32 @@ claim(struct worker *w, struct item *items, size_t n)
 			d->attempts = docs[x].attempts;
 			d->retries = docs[x].retries;
 			d->wait_ms = docs[x].wait_ms;
+			d->same_entry = docs[x].same_entry;
 			memcpy(d->prev_status, docs[x].prev_status,
 			    sizeof(d->prev_status));
 		}
 	}
 	for (size_t i = 0; i < n; i++)
 		if (items[i].fate == FATE_CLAIM && items[i].batch)
-			claimed_batch(&items[i]);
+			claimed_batch(&items[i], recheck);
 out:
 	free(docs);
 	free(map);
 	free(sub);
+}
+
+/* FNV-1a over the ids a request carries: names a partial chunk. */
+static uint32_t
+ids_digest(const struct item *it, const struct part *pt)
+{
+	uint32_t h = 2166136261u;
+
+	for (size_t x = 0; x < pt->n; x++) {
+		for (const char *p = it->file.ids[pt->docs[x]]; *p != '\0'; p++)
+			h = (h ^ (unsigned char)*p) * 16777619u;
+		h = (h ^ '\n') * 16777619u;
+	}
+	return h;
 }
 
 /*
@@ -600,7 +631,8 @@ plan_parts(struct worker *w, struct item *it)
 {
 	size_t per = (size_t)w->cfg->max_batch_documents, chunks, j = 0;
 	const cJSON *c;
-	char err[512];
+	char err[512], tag[16];
+	bool partial;
 
 	if (it->fate != FATE_CLAIM || !it->batch)
 		return;
@@ -629,8 +661,16 @@ plan_parts(struct worker *w, struct item *it)
 			continue;
 		}
 		it->nparts++;
+		/*
+		 * Only some of the chunk is owed: a key of its own, so an API
+		 * that honours keys never answers one set with another's.
+		 */
+		partial = pt->n < end - k * per;
+		if (partial)
+			snprintf(tag, sizeof(tag), "%08x", ids_digest(it, pt));
 		if (route_render_batch(it->req.route, w->cfg, &it->ev, docs,
-		    k + 1, chunks, &pt->req, err, sizeof(err)) == -1) {
+		    k + 1, chunks, partial ? tag : NULL, &pt->req, err,
+		    sizeof(err)) == -1) {
 			cJSON_Delete(docs);
 			dead(it, "render_error", "route %s: %s",
 			    it->req.route->name, err);
@@ -887,7 +927,7 @@ record(struct worker *w, struct item *items, size_t n)
 		struct item *it = &items[i];
 
 		if (!it->batch) {
-			if (!it->triggered)
+			if (!it->triggered && !it->record_only)
 				continue;
 			docs[k] = it->doc;
 			map[k++] = i;
@@ -1175,8 +1215,14 @@ process(struct worker *w, const struct stream_entry *entries, size_t n)
 	for (size_t i = 0; i < n; i++)
 		load_documents(w, &items[i]);		/* batch routes */
 	claim(w, items, n);				/* step 5 */
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
+		if (items[i].expire && items[i].fate == FATE_CLAIM) {
+			ack(&items[i], "event_expired",
+			    "older_than_backlog_max_age");
+			items[i].record_only = true;
+		}
 		plan_parts(w, &items[i]);
+	}
 	trigger(w, items, n);				/* steps 6-7 */
 	record(w, items, n);				/* step 8 */
 	dead_letter(w, items, n);
@@ -1998,6 +2044,10 @@ dry_round(struct worker *w, const struct stream_entry *entries, size_t n,
 		} else if (it->fate == FATE_DEAD) {
 			fprintf(out, "would dead-letter %s: %s: %s\n",
 			    it->entry->id, it->reason, it->detail);
+		} else if (it->expire) {
+			fprintf(out, "would record %s %s as expired\n",
+			    it->entry->id, it->doc.document_id);
+			it->outcome = "event_expired";
 		} else if (it->fate == FATE_NOTE) {
 			fprintf(out, "would record %s %s as %s\n",
 			    it->entry->id, it->doc.document_id,

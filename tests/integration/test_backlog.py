@@ -180,6 +180,29 @@ def test_usage_errors_exit_64(env):
     assert env.requests() == []
 
 
+def test_an_old_entry_whose_document_another_entry_holds_is_not_expired_over_it(
+        env):
+    """Expiring is an outcome like any other: recorded under a claim. A
+    document another consumer holds is waited for, not written over."""
+    now = int(time.time() * 1000)
+    fields = publish.document_cleaned("doc-held", "old")
+    env.redis.xadd(STREAM, fields, id="%d-0" % (now - 30 * HOUR_MS))
+    assert env.run("-c", env.write_config(), "ledger",
+                   "migrate").returncode == EXIT_OK
+    env.query("INSERT INTO stagerelay.processed_documents (consumer_group, "
+              "document_id, status, claimed_by, lease_until) VALUES "
+              "('stage2-nlp-processor', 'doc-held', 'claimed', 'other-1', "
+              "now() + interval '2 seconds')")
+
+    r = env.drain(process_backlog=True, backlog_max_age_hours=24)
+
+    assert r.log("event_busy", document_id="doc-held")
+    assert r.log("event_expired", document_id="doc-held")
+    assert env.row("doc-held")["status"] == "expired"
+    assert env.requests() == []
+    assert env.pending() == 0
+
+
 def test_process_backlog_at_start_expires_history_older_than_the_limit(
         env):
     now = int(time.time() * 1000)

@@ -65,7 +65,8 @@ def test_a_batch_sends_only_the_documents_not_already_triggered(env):
     assert len(reqs) == 1, reqs
     req = reqs[0]
     assert req["path"] == "/api/v1/documents/batch"
-    assert key(req) == "job:job-100"
+    # Only some of the file: the key names which documents it carries.
+    assert re.fullmatch(r"job:job-100~[0-9a-f]{8}", key(req)), key(req)
     assert req["headers"]["ce-id"] == job.id
     assert sent_ids(req) == docs[30:]
     # The documents go as Stage 1 wrote them.
@@ -87,7 +88,7 @@ def test_a_batch_sends_only_the_documents_not_already_triggered(env):
         assert rows[d]["job_id"] == "job-100"
     batch = [x for x in env.deliveries() if x["route"] == "batch"]
     assert [(x["idempotency_key"], x["documents"]) for x in batch] == \
-        [("job:job-100", 70)]
+        [(key(req), 70)]
     assert {rows[d]["last_delivery_id"] for d in docs[30:]} == \
         {batch[0]["delivery_id"]}
     assert r.log("event_triggered", event_id=job.id, documents=70,
@@ -200,9 +201,39 @@ def test_documents_another_consumer_holds_are_left_out(env):
 
     (req,) = env.requests()
     assert sent_ids(req) == [docs[0], docs[2]]
+    assert key(req).startswith("job:job-busy~")
     # Owed by the other consumer's pending entry, not by this batch.
     assert env.row(docs[1])["status"] == "claimed"
     assert env.row(docs[1])["claimed_by"] == "other-1"
+    assert env.pending() == 0
+
+
+def test_documents_a_dead_consumer_claimed_for_this_entry_are_waited_for(
+        env):
+    """A consumer died holding this very entry (its claims are live); the
+    sweeper hands the entry on. Nobody else owes those documents: the
+    event waits for the leases to end instead of dropping them."""
+    docs = ids(3)
+    path = env.write_documents("stage1/mine.jsonl", docs)
+    job = env.publisher.job_completed("job-mine", "b", output_location=path)
+    assert env.run("-c", env.write_config(), "ledger",
+                   "migrate").returncode == EXIT_OK
+    for d in docs[1:]:
+        env.query("INSERT INTO stagerelay.processed_documents "
+                  "(consumer_group, document_id, status, claimed_by, "
+                  "lease_until, stream_entry_id) VALUES "
+                  "('stage2-nlp-processor', %s, 'claimed', 'gone-9', "
+                  "now() + interval '2 seconds', %s)", (d, job.entry_id))
+
+    r = env.drain(routes=ROUTES, batch_mode=True)
+
+    (req,) = env.requests()
+    assert key(req) == "job:job-mine"        # the whole file, once
+    assert sent_ids(req) == docs
+    assert r.log("event_retry_scheduled", event_id=job.id,
+                 reason="claimed_by_another_consumer")
+    for row in env.rows():
+        assert row["status"] == "triggered"
     assert env.pending() == 0
 
 

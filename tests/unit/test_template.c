@@ -556,7 +556,7 @@ START_TEST(test_route_batch_documents)
 	free(path);
 
 	/* One request: the route's key as is. */
-	ck_assert_msg(route_render_batch(&r, &cfg, &ev, docs, 1, 1, &rq, err,
+	ck_assert_msg(route_render_batch(&r, &cfg, &ev, docs, 1, 1, NULL, &rq, err,
 	    sizeof(err)) == 0, "%s", err);
 	ck_assert_str_eq(rq.idempotency_key, "job:J");
 	ck_assert_str_eq(rq.body, "{\"documents\":[{\"document_id\":\"d1\","
@@ -564,9 +564,18 @@ START_TEST(test_route_batch_documents)
 	    "\"n\":\"J\"}");
 	request_free(&rq);
 	/* A split batch: each request has its own key. */
-	ck_assert_msg(route_render_batch(&r, &cfg, &ev, docs, 2, 3, &rq, err,
-	    sizeof(err)) == 0, "%s", err);
+	ck_assert_msg(route_render_batch(&r, &cfg, &ev, docs, 2, 3, NULL, &rq,
+	    err, sizeof(err)) == 0, "%s", err);
 	ck_assert_str_eq(rq.idempotency_key, "job:J#2/3");
+	request_free(&rq);
+	/* Only some of a part's documents: the key says which set. */
+	ck_assert_msg(route_render_batch(&r, &cfg, &ev, docs, 2, 3, "0a1b2c3d",
+	    &rq, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_str_eq(rq.idempotency_key, "job:J#2/3~0a1b2c3d");
+	request_free(&rq);
+	ck_assert_msg(route_render_batch(&r, &cfg, &ev, docs, 1, 1, "0a1b2c3d",
+	    &rq, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_str_eq(rq.idempotency_key, "job:J~0a1b2c3d");
 	request_free(&rq);
 	/* The event is left as it was: no documents member added. */
 	ck_assert_ptr_null(cJSON_GetObjectItem(ev.json, "documents"));
@@ -579,7 +588,7 @@ START_TEST(test_route_batch_documents)
 	event(&ev, "specversion", "1.0", "type", JOB_COMPLETED,
 	    "source", "s", "id", "ev-c", "documents", "evil",
 	    "data", "{\"job_id\":\"J\"}", NULL);
-	ck_assert_msg(route_render_batch(&r, &cfg, &ev, docs, 1, 1, &rq, err,
+	ck_assert_msg(route_render_batch(&r, &cfg, &ev, docs, 1, 1, NULL, &rq, err,
 	    sizeof(err)) == 0, "%s", err);
 	ck_assert_ptr_null(strstr(rq.body, "evil"));
 	request_free(&rq);
