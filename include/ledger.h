@@ -144,6 +144,8 @@ struct ledger_progress {
 	char		 last_id[48];	/* "": nothing finished yet */
 	long long	 done;		/* entries finished */
 	bool		 finished;
+	char		 owner[128];	/* host:pid of the run saving it */
+	long long	 age_s;		/* get: seconds since it was saved */
 };
 
 /* 1 found, 0 no run recorded, -1 error. */

@@ -199,6 +199,30 @@ parse_args(struct cli *cli, int argc, char **argv, struct backlog_opts *o)
 	return 0;
 }
 
+/*
+ * Whether the run that saved progress as owner ("host:pid") may still be
+ * at work: on this host its process is asked; elsewhere, it is believed
+ * alive for STALE_S after it last saved.
+ */
+#define STALE_S		600
+static bool
+owner_alive(const char *owner, long long age_s)
+{
+	char host[256];
+	const char *colon = strrchr(owner, ':');
+	long pid;
+
+	if (*owner == '\0' || colon == NULL)
+		return false;
+	if (gethostname(host, sizeof(host)) == 0 &&
+	    strlen(host) == (size_t)(colon - owner) &&
+	    strncmp(owner, host, strlen(host)) == 0) {
+		pid = strtol(colon + 1, NULL, 10);
+		return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM);
+	}
+	return age_s < STALE_S;
+}
+
 /* Entries in [start, end]: one pass of ids (XRANGE pages). */
 static long long
 count_range(struct stream *s, const char *start, const char *end)
@@ -302,7 +326,7 @@ run(const struct config *cfg, const struct backlog_opts *o)
 	    cfg->backlog_max_age_hours;
 	int batch = o->batch_size > 0 ? o->batch_size :
 	    cfg->backlog_batch_size, n, code = 0, got;
-	char from[64], end[64];
+	char from[64], end[64], me[256] = "";
 	long long expired, dead, invalid;
 	bool complete = false;
 
@@ -324,11 +348,28 @@ run(const struct config *cfg, const struct backlog_opts *o)
 		batch = o->rate < 1 ? 1 : (int)o->rate;
 
 	memset(&lp, 0, sizeof(lp));
-	if (o->resume) {
+	if (!o->dry_run || o->resume) {
+		char host[200] = "";
+
 		if ((got = ledger_progress_get(l, cfg->source_stream, &lp)) < 0) {
 			code = 1;
 			goto out;
 		}
+		/* One run per group and stream: two would claim as one. */
+		if (got == 1 && !lp.finished && owner_alive(lp.owner,
+		    lp.age_s)) {
+			fprintf(stderr, "stagerelay: process-backlog: another "
+			    "run (%s) is working on %s for group %s (progress "
+			    "saved %llds ago); wait for it or stop it\n",
+			    lp.owner, cfg->source_stream, cfg->consumer_group,
+			    lp.age_s);
+			code = 1;
+			goto out;
+		}
+		(void)gethostname(host, sizeof(host) - 1);
+		snprintf(me, sizeof(me), "%s:%ld", host, (long)getpid());
+	}
+	if (o->resume) {
 		if (got == 0 || lp.finished) {
 			printf("process-backlog: %s: no unfinished run to "
 			    "resume\n", cfg->source_stream);
@@ -352,8 +393,10 @@ run(const struct config *cfg, const struct backlog_opts *o)
 			    cfg->source_stream);
 			goto out;
 		}
+		memset(&lp, 0, sizeof(lp));
 		strlcpy_s(lp.start_id, from, sizeof(lp.start_id));
 		strlcpy_s(lp.end_id, end, sizeof(lp.end_id));
+		strlcpy_s(lp.owner, me, sizeof(lp.owner));
 		/* A new run: what an earlier one got to is forgotten. */
 		if (!o->dry_run && ledger_progress_put(l, cfg->source_stream,
 		    &lp) == -1) {
@@ -362,6 +405,7 @@ run(const struct config *cfg, const struct backlog_opts *o)
 		}
 	}
 
+	strlcpy_s(lp.owner, me, sizeof(lp.owner));
 	memset(&p, 0, sizeof(p));
 	p.tty = isatty(STDERR_FILENO) == 1;
 	if ((p.total = count_range(s, from, end)) < 0) {

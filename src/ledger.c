@@ -160,6 +160,7 @@ static const struct migration {
 "  started_at     timestamptz NOT NULL DEFAULT now(),\n"
 "  updated_at     timestamptz NOT NULL DEFAULT now(),\n"
 "  finished_at    timestamptz,\n"
+"  owner          text,\n"
 "  PRIMARY KEY (consumer_group, stream)\n"
 ");\n"
 "COMMENT ON COLUMN @S@.deliveries.documents IS 'Documents the request carried: 1, or the documents of a batch request (processed_documents rows whose last_delivery_id is this row).';\n"
@@ -172,6 +173,7 @@ static const struct migration {
 "COMMENT ON COLUMN @S@.backlog_progress.end_id IS 'Last stream id of the run (--end-id, or the last entry when the run began).';\n"
 "COMMENT ON COLUMN @S@.backlog_progress.last_id IS 'The last entry finished: every entry up to it is accounted for in processed_documents or the dead-letter stream.';\n"
 "COMMENT ON COLUMN @S@.backlog_progress.entries_done IS 'Entries finished so far in this run.';\n"
+"COMMENT ON COLUMN @S@.backlog_progress.owner IS 'host:pid of the run that last saved progress; a second run on the same stream is refused while it is alive.';\n"
 "COMMENT ON COLUMN @S@.backlog_progress.finished_at IS 'When the run reached end_id; NULL while it is unfinished (interrupted runs can be resumed).';\n"
 	},
 };
@@ -1001,18 +1003,20 @@ out:
 
 static const char sql_progress_get[] =
 "SELECT start_id, end_id, coalesce(last_id, ''), entries_done,\n"
-"       finished_at IS NOT NULL\n"
+"       finished_at IS NOT NULL, coalesce(owner, ''),\n"
+"       extract(epoch FROM now() - updated_at)::bigint\n"
 "  FROM @S@.backlog_progress WHERE consumer_group = $1 AND stream = $2";
 
 static const char sql_progress_put[] =
 "INSERT INTO @S@.backlog_progress AS p (consumer_group, stream, start_id,\n"
-"    end_id, last_id, entries_done, finished_at)\n"
+"    end_id, last_id, entries_done, finished_at, owner)\n"
 "VALUES ($1, $2, $3, $4, nullif($5, ''), $6::bigint,\n"
-"        CASE WHEN $7::boolean THEN now() END)\n"
+"        CASE WHEN $7::boolean THEN now() END, $8)\n"
 "ON CONFLICT (consumer_group, stream) DO UPDATE SET\n"
 "  start_id = excluded.start_id, end_id = excluded.end_id,\n"
 "  last_id = excluded.last_id, entries_done = excluded.entries_done,\n"
 "  finished_at = excluded.finished_at, updated_at = now(),\n"
+"  owner = excluded.owner,\n"
 "  started_at = CASE WHEN excluded.last_id IS NULL THEN now()\n"
 "                    ELSE p.started_at END";
 
@@ -1044,6 +1048,8 @@ ledger_progress_get(struct ledger *l, const char *stream,
 		    sizeof(p->last_id));
 		p->done = atoll(PQgetvalue(res, 0, 3));
 		p->finished = strcmp(PQgetvalue(res, 0, 4), "t") == 0;
+		strlcpy_s(p->owner, PQgetvalue(res, 0, 5), sizeof(p->owner));
+		p->age_s = atoll(PQgetvalue(res, 0, 6));
 		ret = 1;
 	}
 	PQclear(res);
@@ -1055,7 +1061,7 @@ int
 ledger_progress_put(struct ledger *l, const char *stream,
     const struct ledger_progress *p)
 {
-	const char *params[7];
+	const char *params[8];
 	char done[32], *sql;
 	PGresult *res;
 	int ret = -1;
@@ -1070,8 +1076,9 @@ ledger_progress_put(struct ledger *l, const char *stream,
 	params[4] = p->last_id;
 	params[5] = done;
 	params[6] = p->finished ? "true" : "false";
+	params[7] = p->owner;
 	sql = with_schema(sql_progress_put, l->qschema);
-	res = PQexecParams(l->conn, sql, 7, NULL, params, NULL, NULL, 0);
+	res = PQexecParams(l->conn, sql, 8, NULL, params, NULL, NULL, 0);
 	free(sql);
 	if (PQresultStatus(res) != PGRES_COMMAND_OK)
 		log_warnx("ledger: saving backlog progress failed: %s",

@@ -142,6 +142,34 @@ def test_resume_after_sigint_finishes_without_repeats(env):
     assert "no unfinished run" in r.stdout
 
 
+def test_a_second_run_on_the_same_stream_is_refused_while_one_works(env):
+    for i in range(40):
+        env.publisher.document_cleaned("doc-lock-%02d" % i, "one run")
+    config = env.write_config()
+    p = subprocess.Popen(consumer_argv(
+        ["process-backlog", "-c", config, "--rate", "20",
+         "--batch-size", "5"]), env=env._env(None),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: len(env.requests()) >= 5, timeout=20,
+                   what="the first run under way")
+        r = backlog(env, config=config)
+        assert r.returncode == 1, r
+        assert re.search(r"another run \(.*:%d\) is working on" % p.pid,
+                         r.stderr), r.stderr
+        r = backlog(env, "--resume", config=config)
+        assert r.returncode == 1, r
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.communicate(timeout=20)
+    assert p.returncode == EXIT_INTERRUPTED
+    # Once it is gone, --resume takes over and finishes, each document once.
+    r = backlog(env, "--resume", config=config)
+    assert r.returncode == EXIT_OK, r
+    assert sorted(keys(env.requests())) == \
+        ["doc-lock-%02d" % i for i in range(40)]
+
+
 def test_dry_run_prints_what_would_be_triggered_and_changes_nothing(env):
     env.publisher.document_cleaned("doc-d1", "one")
     env.publisher.document_cleaned("doc-d2", "two")
