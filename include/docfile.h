@@ -20,12 +20,18 @@ struct docfile {
 	size_t		  repeated;	/* lines whose document_id came before */
 };
 
+enum {
+	DOCFILE_REFUSED = -1,		/* never readable as it is */
+	DOCFILE_UNAVAILABLE = -2	/* may pass: missing, I/O, no fds */
+};
+
 /*
  * Reads path (absolute under shared_dir, or relative to it). Files over
  * max_bytes and lines over max_line bytes are refused; every non-blank
  * line must be a JSON object with a non-empty string document_id.
- * Returns 0, or -1 with err set to why (a dead-letter detail that names
- * the line or the limit). out is to be released with docfile_free().
+ * Returns 0, or DOCFILE_REFUSED or DOCFILE_UNAVAILABLE with err set to
+ * why (a dead-letter detail that names the line or the limit). out is to
+ * be released with docfile_free().
  */
 int	docfile_read(const char *shared_dir, const char *path, size_t max_bytes,
 	    size_t max_line, struct docfile *out, char *err, size_t errlen);

@@ -61,7 +61,6 @@ void		 worker_backlog_round(struct worker *,
 		    const struct stream_entry *, size_t n, FILE *out);
 /* Runs held retries until none is left or *stop; returns how many are. */
 size_t		 worker_backlog_settle(struct worker *);
-bool		 worker_backlog_circuit_open(const struct worker *);
 /* Entries refused again that the dead-letter stream already holds. */
 size_t		 worker_backlog_dead_again(const struct worker *);
 struct stream	*worker_backlog_stream(struct worker *);

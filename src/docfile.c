@@ -33,6 +33,42 @@
 #include "docfile.h"
 #include "util.h"
 
+/* Says why, keeping errno for the caller to judge. */
+static void
+say_errno(char *err, size_t errlen, const char *what)
+{
+	int saved = errno;
+
+	snprintf(err, errlen, "%s: %s", what, strerror(saved));
+	errno = saved;
+}
+
+/*
+ * Errors that may pass (a file not there yet, an NFS hiccup, too many
+ * open files): the event is tried again, not dead-lettered.
+ */
+static bool
+passing(int e)
+{
+	switch (e) {
+	case ENOENT:
+	case EIO:
+	case ESTALE:
+	case EMFILE:
+	case ENFILE:
+	case EAGAIN:
+	case EINTR:
+	case ENOMEM:
+	case EACCES:
+	case ENODEV:
+	case EBUSY:
+	case ETIMEDOUT:
+		return true;
+	default:
+		return false;
+	}
+}
+
 /* A ".." component anywhere: refused before any lookup. */
 static bool
 has_dotdot(const char *p)
@@ -64,20 +100,38 @@ below(const char *path, const char *dir)
 	return path;
 }
 
+/*
+ * realpath() and open() are two steps a swapped directory could slip
+ * between: what was opened is checked again through /proc.
+ */
 static int
 open_fallback(const char *root, const char *rel, char *err, size_t errlen)
 {
 	char *joined = xasprintf("%s/%s", root, rel), real[PATH_MAX];
+	char proc[64], opened[PATH_MAX];
+	ssize_t n;
 	int fd = -1;
 
 	if (realpath(joined, real) == NULL)
-		snprintf(err, errlen, "%s: %s", rel, strerror(errno));
-	else if (below(real, root) == NULL)
+		say_errno(err, errlen, rel);
+	else if (below(real, root) == NULL) {
 		snprintf(err, errlen, "%s: resolves outside shared_dir %s (a "
 		    "symbolic link escapes it)", rel, root);
-	else if ((fd = open(real, O_RDONLY | O_CLOEXEC | O_NOCTTY |
+		errno = EXDEV;
+	} else if ((fd = open(real, O_RDONLY | O_CLOEXEC | O_NOCTTY |
 	    O_NONBLOCK | O_NOFOLLOW)) == -1)
-		snprintf(err, errlen, "%s: %s", rel, strerror(errno));
+		say_errno(err, errlen, rel);
+	else {
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+		if ((n = readlink(proc, opened, sizeof(opened) - 1)) < 0 ||
+		    (opened[n] = '\0', below(opened, root) == NULL)) {
+			snprintf(err, errlen, "%s: resolves outside shared_dir "
+			    "%s (it changed while it was opened)", rel, root);
+			errno = EXDEV;
+			close(fd);
+			fd = -1;
+		}
+	}
 	free(joined);
 	return fd;
 }
@@ -91,8 +145,7 @@ open_beneath(const char *root, const char *rel, char *err, size_t errlen)
 	int dfd, fd, saved;
 
 	if ((dfd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC)) == -1) {
-		snprintf(err, errlen, "shared_dir %s: %s", root,
-		    strerror(errno));
+		say_errno(err, errlen, root);
 		return -1;
 	}
 	memset(&how, 0, sizeof(how));
@@ -110,7 +163,8 @@ open_beneath(const char *root, const char *rel, char *err, size_t errlen)
 	 */
 	if (saved == ENOSYS || saved == EPERM || saved == EXDEV)
 		return open_fallback(root, rel, err, errlen);
-	snprintf(err, errlen, "%s: %s", rel, strerror(saved));
+	errno = saved;
+	say_errno(err, errlen, rel);
 	return -1;
 #else
 	return open_fallback(root, rel, err, errlen);
@@ -128,9 +182,10 @@ slurp(int fd, const char *path, size_t max, size_t *len, char *err,
 	ssize_t r;
 
 	if (fstat(fd, &st) == -1) {
-		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		say_errno(err, errlen, path);
 		return NULL;
 	}
+	errno = 0;		/* what follows is refused, not passing */
 	if (!S_ISREG(st.st_mode)) {
 		snprintf(err, errlen, "%s: not a regular file", path);
 		return NULL;
@@ -148,7 +203,7 @@ slurp(int fd, const char *path, size_t max, size_t *len, char *err,
 		if (r == -1) {
 			if (errno == EINTR)
 				continue;
-			snprintf(err, errlen, "%s: %s", path, strerror(errno));
+			say_errno(err, errlen, path);
 			free(data);
 			return NULL;
 		}
@@ -157,6 +212,7 @@ slurp(int fd, const char *path, size_t max, size_t *len, char *err,
 	if (n > (size_t)st.st_size) {
 		snprintf(err, errlen, "%s: grew while it was read", path);
 		free(data);
+		errno = 0;
 		return NULL;
 	}
 	data[n] = '\0';
@@ -231,10 +287,12 @@ parse(const char *data, size_t len, size_t max_line, struct docfile *out,
 	const char *p, *nl;
 	int rv = 0;
 
+	/* Sized by the lines that hold something: blank ones cost nothing. */
 	for (p = data; p < data + len; p = nl + 1) {
 		if ((nl = memchr(p, '\n', (size_t)(data + len - p))) == NULL)
 			nl = data + len;
-		lines++;
+		if (!blank(p, (size_t)(nl - p)))
+			lines++;
 	}
 	strset_init(&set, lines);
 	out->ids = xcalloc(lines + 1, sizeof(*out->ids));
@@ -294,7 +352,7 @@ docfile_read(const char *shared_dir, const char *path, size_t max_bytes,
 	if (realpath(shared_dir, root) == NULL) {
 		snprintf(err, errlen, "shared_dir %s: %s", shared_dir,
 		    strerror(errno));
-		return -1;
+		return DOCFILE_UNAVAILABLE;	/* not mounted yet, perhaps */
 	}
 	if (path[0] != '/')
 		rel = path;
@@ -309,11 +367,14 @@ docfile_read(const char *shared_dir, const char *path, size_t max_bytes,
 		return -1;
 	}
 	if ((fd = open_beneath(root, rel, err, errlen)) == -1)
-		return -1;
+		return passing(errno) ? DOCFILE_UNAVAILABLE : DOCFILE_REFUSED;
 	data = slurp(fd, path, max_bytes, &len, err, errlen);
+	if (data == NULL) {
+		rv = passing(errno) ? DOCFILE_UNAVAILABLE : DOCFILE_REFUSED;
+		close(fd);
+		return rv;
+	}
 	close(fd);
-	if (data == NULL)
-		return -1;
 	out->docs = cJSON_CreateArray();
 	if ((rv = parse(data, len, max_line, out, err, errlen)) == -1)
 		docfile_free(out);

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -232,10 +233,13 @@ format_utc_ms(char *dst, size_t size, long long unix_ms)
 	    tm.tm_min, tm.tm_sec, (int)(unix_ms % 1000));
 }
 
+/* Seeded per process: ids from outside cannot aim at one probe chain. */
+static uint64_t strset_seed;
+
 static uint64_t
 fnv1a(const char *s)
 {
-	uint64_t h = 1469598103934665603ULL;
+	uint64_t h = 1469598103934665603ULL ^ strset_seed;
 
 	for (; *s != '\0'; s++)
 		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
@@ -245,6 +249,9 @@ fnv1a(const char *s)
 void
 strset_init(struct strset *set, size_t n)
 {
+	if (strset_seed == 0)
+		strset_seed = ((uint64_t)getpid() << 32) ^
+		    (uint64_t)now_mono_ms() ^ (uint64_t)(uintptr_t)set;
 	set->cap = 16;
 	while (set->cap < n * 2)
 		set->cap *= 2;

@@ -136,6 +136,13 @@ struct worker {
 	struct metrics_slot		*m;
 	cJSON				*no_documents;	/* [] */
 
+	/* Entries whose documents file could not be read yet: tries so far. */
+	struct file_wait {
+		char		 id[48];
+		int		 tries;
+	}				*file_waits;
+	size_t				 nfile_waits;
+
 	/* Entries older than this (wall ms) are recorded expired; 0: none. */
 	long long			 expire_before_ms;
 	bool				 backlog;	/* read by XRANGE: no XACK */
@@ -376,6 +383,31 @@ prepare(struct worker *w, struct item *it)
 	it->fate = FATE_CLAIM;
 }
 
+/* Counts one more failed read of an entry's file; returns the count. */
+static int
+file_wait_bump(struct worker *w, const char *id)
+{
+	for (size_t i = 0; i < w->nfile_waits; i++)
+		if (strcmp(w->file_waits[i].id, id) == 0)
+			return ++w->file_waits[i].tries;
+	w->file_waits = xreallocarray(w->file_waits, w->nfile_waits + 1,
+	    sizeof(*w->file_waits));
+	strlcpy_s(w->file_waits[w->nfile_waits].id, id,
+	    sizeof(w->file_waits[0].id));
+	w->file_waits[w->nfile_waits].tries = 1;
+	return w->file_waits[w->nfile_waits++].tries;
+}
+
+static void
+file_wait_drop(struct worker *w, const char *id)
+{
+	for (size_t i = 0; i < w->nfile_waits; i++)
+		if (strcmp(w->file_waits[i].id, id) == 0) {
+			w->file_waits[i] = w->file_waits[--w->nfile_waits];
+			return;
+		}
+}
+
 /*
  * A batch route's documents file, read and refused where it must be
  * (DESIGN.md §4): each of its documents becomes a ledger document of the
@@ -387,6 +419,7 @@ load_documents(struct worker *w, struct item *it)
 	const struct config *cfg = w->cfg;
 	const struct route *route = it->req.route;
 	char err[512], *path;
+	int rc, n;
 
 	if (it->fate != FATE_CLAIM || !it->batch)
 		return;
@@ -399,13 +432,29 @@ load_documents(struct worker *w, struct item *it)
 		dead(it, "render_error", "route %s: %s", route->name, err);
 		return;
 	}
-	if (docfile_read(cfg->shared_dir, path, cfg->max_documents_file_bytes,
-	    cfg->max_event_bytes, &it->file, err, sizeof(err)) == -1) {
-		dead(it, "documents_file", "route %s: %s", route->name, err);
-		free(path);
+	rc = docfile_read(cfg->shared_dir, path, cfg->max_documents_file_bytes,
+	    cfg->max_event_bytes, &it->file, err, sizeof(err));
+	free(path);
+	if (rc == DOCFILE_UNAVAILABLE) {
+		/* Not there yet, or the mount hiccups: tried again. */
+		n = file_wait_bump(w, it->entry->id);
+		if (cfg->retry_failed && n <= cfg->max_retries) {
+			snprintf(it->detail, sizeof(it->detail), "route %.64s: "
+			    "%.400s", route->name, err);
+			defer(it, "event_deferred", "documents_file_unavailable",
+			    retry_delay_ms(w, n, -1));
+			return;
+		}
+		file_wait_drop(w, it->entry->id);
+		dead(it, "documents_file", "route %s: %s (gave up after %d "
+		    "tries)", route->name, err, n);
 		return;
 	}
-	free(path);
+	file_wait_drop(w, it->entry->id);
+	if (rc == DOCFILE_REFUSED) {
+		dead(it, "documents_file", "route %s: %s", route->name, err);
+		return;
+	}
 	if (it->file.n == 0) {
 		ack(it, "event_filtered", "no_documents");
 		return;
@@ -746,10 +795,10 @@ transient(struct worker *w, struct item *it, bool counted)
 	defer(it, "event_failed", "transient", it->doc.retry_in_ms);
 }
 
-/* One response in the counters and the circuit breaker. */
+/* One response in the counters (and, unless quiet, the breaker). */
 static void
 observe(struct worker *w, const struct item *it, const struct request *req,
-    const struct trigger_result *res)
+    const struct trigger_result *res, bool quiet)
 {
 	metrics_request(w->m, w->shm != NULL ? metrics_route_index(w->shm,
 	    req->route->name) : 0, res->http_status);
@@ -757,7 +806,8 @@ observe(struct worker *w, const struct item *it, const struct request *req,
 	if (res->outcome == TRIGGER_SUCCESS)
 		metrics_observe(&w->m->latency_seconds, (double)(now_wall_ms() -
 		    entry_time_ms(it->entry->id)) / 1000.0);
-	circuit_result(w, res->outcome == TRIGGER_TRANSIENT);
+	if (!quiet)
+		circuit_result(w, res->outcome == TRIGGER_TRANSIENT);
 }
 
 /* A failed answer: rejected (2xx refused by success_field) or not. */
@@ -894,15 +944,18 @@ trigger(struct worker *w, struct item *items, size_t n)
 			continue;
 		if (!it->batch) {
 			it->res = res[k++];
-			observe(w, it, &it->req, &it->res);
+			observe(w, it, &it->req, &it->res, false);
 			settle_one(w, it, counted);
 			continue;
 		}
+		/* The breaker hears a batch once: as its worst answer. */
 		for (size_t p = 0; p < it->nparts; p++) {
 			it->parts[p].res = res[k++];
-			observe(w, it, &it->parts[p].req, &it->parts[p].res);
+			observe(w, it, &it->parts[p].req, &it->parts[p].res,
+			    true);
 		}
 		settle_batch(w, it, counted);
+		circuit_result(w, it->res.outcome == TRIGGER_TRANSIENT);
 	}
 	free(reqs);
 	free(res);
@@ -1064,8 +1117,8 @@ log_outcome(struct worker *w, const struct item *it)
 	    "skipped_documents", it->batch && it->docs != NULL ? skipped : NULL,
 	    "retry_in_ms", it->fate == FATE_PENDING ? retry : NULL,
 	    "reason", it->reason,
-	    "detail", it->fate == FATE_DEAD ? it->detail :
-		(it->res.error ? it->res.error : NULL),
+	    "detail", it->fate == FATE_DEAD || it->detail[0] != '\0' ?
+		it->detail : (it->res.error ? it->res.error : NULL),
 	    "consumer", w->consumer,
 	    (const char *)NULL);
 }
@@ -1954,6 +2007,7 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 	for (size_t i = 0; i < w.nheld; i++)
 		free(w.held[i].entry);
 	free(w.held);
+	free(w.file_waits);
 	free(w.page);
 	stream_free(w.stream);
 	ledger_free(w.ledger);
@@ -2060,8 +2114,10 @@ dry_round(struct worker *w, const struct stream_entry *entries, size_t n,
 			if (ledger_peek(w->ledger, docs, nd,
 			    w->cfg->deduplication_ttl_hours,
 			    w->cfg->check_already_processed) == -1) {
-				defer(it, "event_deferred",
-				    "ledger_unavailable", 0);
+				fprintf(out, "cannot tell %s %s: the ledger did "
+				    "not answer\n", it->entry->id,
+				    it->doc.document_id);
+				item_clear(it);
 				continue;
 			}
 			it->nowned = 0;
@@ -2095,6 +2151,14 @@ void
 worker_backlog_round(struct worker *w, const struct stream_entry *entries,
     size_t n, FILE *out)
 {
+	long long now;
+
+	/* An open circuit: no new requests until it lets a probe through. */
+	while (w->circuit.state == CIRCUIT_OPEN && !*w->opts->stop) {
+		now = now_mono_ms();
+		nap(w, w->circuit.until_ms > now ? w->circuit.until_ms - now : 1);
+		circuit_tick(w, now_mono_ms());
+	}
 	if (w->dry_run)
 		dry_round(w, entries, n, out);
 	else
@@ -2129,12 +2193,6 @@ worker_backlog_settle(struct worker *w)
 	return w->nheld;
 }
 
-bool
-worker_backlog_circuit_open(const struct worker *w)
-{
-	return w->circuit.state != CIRCUIT_CLOSED;
-}
-
 void
 worker_backlog_close(struct worker *w)
 {
@@ -2143,6 +2201,7 @@ worker_backlog_close(struct worker *w)
 	for (size_t i = 0; i < w->nheld; i++)
 		free(w->held[i].entry);
 	free(w->held);
+	free(w->file_waits);
 	stream_free(w->stream);
 	ledger_free(w->ledger);
 	trigger_free(w->trigger);

@@ -337,8 +337,9 @@ def not_regular_dir(env):
 
 
 def missing(env):
+    """Not there, and never comes: tried max_retries more times first."""
     return os.path.join(env.shared, "stage1", "nope.jsonl"), \
-        r"No such file"
+        r"No such file.*gave up after 4 tries"
 
 
 def too_large(env):
@@ -374,7 +375,8 @@ def test_a_refused_documents_file_is_dead_lettered_and_nothing_sent(env,
     after = env.publisher.document_cleaned("doc-after", "still flowing")
 
     r = env.drain(routes=ROUTES, batch_mode=True,
-                  max_documents_file_bytes=1024)
+                  max_documents_file_bytes=1024, retry_delay_seconds=0.05,
+                  max_retry_delay_seconds=0.1)
 
     (dl,) = env.dead_letters()
     fields = dl[1]
@@ -389,6 +391,27 @@ def test_a_refused_documents_file_is_dead_lettered_and_nothing_sent(env,
                  reason="documents_file")
     assert r.log("event_observed", event_id=after.id)
     assert env.pending() == 0
+
+
+def test_a_documents_file_that_appears_late_is_waited_for(env):
+    """Stage 1's event can overtake its file (NFS, a rename into place):
+    the event is tried again, not dead-lettered."""
+    docs = ids(2)
+    path = os.path.join(env.shared, "stage1", "late.jsonl")
+    job = env.publisher.job_completed("job-late", "b", output_location=path)
+    d = env.start(routes=ROUTES, batch_mode=True, retry_delay_seconds=0.5,
+                  max_retry_delay_seconds=1, max_retries=20)
+    d.wait_log("event_deferred", timeout=10, event_id=job.id,
+               reason="documents_file_unavailable")
+    assert env.requests() == []
+    env.write_documents("stage1/late.jsonl", docs)
+
+    wait_until(lambda: len(env.requests()) == 1, timeout=15,
+               what="the batch sent once the file is there")
+    assert sent_ids(env.requests()[0]) == docs
+    wait_until(lambda: env.pending() == 0, what="acknowledged")
+    assert env.dead_letters() == []
+    assert d.stop() == EXIT_OK
 
 
 def test_documents_file_relative_to_shared_dir_and_symlinks_inside(env):

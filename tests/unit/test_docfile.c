@@ -78,7 +78,7 @@ read_file(const char *path, size_t max_bytes, size_t max_line)
 static void
 refused(const char *path, const char *why)
 {
-	ck_assert_int_eq(read_file(path, 1 << 20, 1 << 20), -1);
+	ck_assert_int_eq(read_file(path, 1 << 20, 1 << 20), DOCFILE_REFUSED);
 	ck_assert_msg(strstr(err, why) != NULL, "%s: \"%s\" lacks \"%s\"",
 	    path, err, why);
 	ck_assert_uint_eq(df.n, 0);
@@ -168,7 +168,10 @@ START_TEST(test_what_is_not_a_regular_file_is_refused)
 	ck_assert_int_eq(mkfifo(path, 0600), 0);
 	refused("stage1/fifo", "not a regular file");	/* and no hang */
 	refused("stage1", "not a regular file");
-	refused("stage1/missing.jsonl", "No such file");
+	/* Not there (yet): it may pass, so it is not refused. */
+	ck_assert_int_eq(read_file("stage1/missing.jsonl", 1024, 1024),
+	    DOCFILE_UNAVAILABLE);
+	ck_assert_ptr_nonnull(strstr(err, "No such file"));
 }
 END_TEST
 
