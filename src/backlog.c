@@ -311,6 +311,16 @@ pace(const struct progress *p, double rate)
 	}
 }
 
+static enum log_format
+log_format_of(const struct config *cfg)
+{
+	enum log_format format = LOG_FMT_LOGFMT;
+
+	if (cfg->logging.format != NULL)
+		log_format_parse(cfg->logging.format, &format);
+	return format;
+}
+
 static int
 run(const struct config *cfg, const struct backlog_opts *o)
 {
@@ -466,9 +476,13 @@ run(const struct config *cfg, const struct backlog_opts *o)
 	if (code != 0)
 		goto out;
 	if (!complete) {
-		printf("process-backlog: stopped after %s; run again with "
-		    "--resume to continue\n", lp.last_id[0] ? lp.last_id :
-		    "no entry");
+		if (o->dry_run)
+			printf("process-backlog: (dry run) stopped after %s\n",
+			    lp.last_id[0] ? lp.last_id : "no entry");
+		else
+			printf("process-backlog: stopped after %s; run again "
+			    "with --resume to continue\n", lp.last_id[0] ?
+			    lp.last_id : "no entry");
 		code = EXIT_INTERRUPTED;
 	} else if (dead + invalid > 0)
 		code = EXIT_DEAD_LETTERED;
@@ -490,6 +504,9 @@ backlog_main(struct cli *cli, int argc, char **argv)
 		return code;
 	if ((code = cli_load(cli, &cfg, "backlog")) != 0)
 		return code;
+	/* A progress bar on the terminal: one line per event would tear it. */
+	if (isatty(STDERR_FILENO) == 1 && !cli->verbose)
+		log_init("backlog", LOG_WARN, log_format_of(&cfg), NULL);
 	if (o.stream != NULL) {
 		free(cfg.source_stream);
 		cfg.source_stream = xstrdup(o.stream);

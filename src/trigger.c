@@ -70,14 +70,6 @@ trigger_new(const struct config *cfg)
 	t->cfg = cfg;
 	if ((t->multi = curl_multi_init()) == NULL)
 		fatalx("trigger: curl_multi_init failed");
-	/*
-	 * A round's requests run at once, up to this many connections; a
-	 * big batch file's requests queue behind them instead of opening
-	 * a connection each.
-	 */
-	curl_multi_setopt(t->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS,
-	    (long)(cfg->batch_size < 16 ? 16 : cfg->batch_size > 256 ? 256 :
-	    cfg->batch_size));
 	return t;
 }
 

@@ -915,7 +915,7 @@ trigger(struct worker *w, struct item *items, size_t n)
 {
 	struct request *reqs;
 	struct trigger_result *res;
-	size_t k = 0;
+	size_t k = 0, wave;
 	/* Probes of an open circuit do not use up an entry's retries. */
 	bool counted = w->circuit.state == CIRCUIT_CLOSED;
 
@@ -935,7 +935,16 @@ trigger(struct worker *w, struct item *items, size_t n)
 		for (size_t p = 0; items[i].batch && p < items[i].nparts; p++)
 			reqs[k++] = items[i].parts[p].req;
 	}
-	trigger_run(w->trigger, reqs, k, res);
+	/*
+	 * At most max(16, batch_size) requests at once (256 at most): a big
+	 * batch file's requests go in waves, each with its whole timeout,
+	 * rather than a connection each.
+	 */
+	wave = (size_t)w->cfg->batch_size < 16 ? 16 :
+	    (size_t)w->cfg->batch_size > 256 ? 256 : (size_t)w->cfg->batch_size;
+	for (size_t from = 0; from < k; from += wave)
+		trigger_run(w->trigger, reqs + from, k - from < wave ? k - from :
+		    wave, res + from);
 	k = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct item *it = &items[i];
@@ -2095,13 +2104,10 @@ dry_round(struct worker *w, const struct stream_entry *entries, size_t n,
 			fprintf(out, "already dead-lettered %s: %s\n",
 			    it->entry->id, it->reason);
 			ack(it, "event_already_dead_lettered", it->reason);
+			w->dead_again++;
 		} else if (it->fate == FATE_DEAD) {
 			fprintf(out, "would dead-letter %s: %s: %s\n",
 			    it->entry->id, it->reason, it->detail);
-		} else if (it->expire) {
-			fprintf(out, "would record %s %s as expired\n",
-			    it->entry->id, it->doc.document_id);
-			it->outcome = "event_expired";
 		} else if (it->fate == FATE_NOTE) {
 			fprintf(out, "would record %s %s as %s\n",
 			    it->entry->id, it->doc.document_id,
@@ -2124,7 +2130,12 @@ dry_round(struct worker *w, const struct stream_entry *entries, size_t n,
 			for (size_t j = 0; j < nd; j++)
 				if (docs[j].claim == LEDGER_OWNED)
 					it->nowned++;
-			if (it->nowned == 0) {
+			if (it->nowned > 0 && it->expire) {
+				ack(it, "event_expired",
+				    "older_than_backlog_max_age");
+				fprintf(out, "would record %s %s as expired\n",
+				    it->entry->id, it->doc.document_id);
+			} else if (it->nowned == 0) {
 				ack(it, "event_duplicate", "already_done");
 				fprintf(out, "would skip %s %s (%s)\n",
 				    it->entry->id, it->doc.document_id,
@@ -2171,10 +2182,7 @@ worker_backlog_settle(struct worker *w)
 	long long now, due;
 
 	while (w->nheld > 0 && !*w->opts->stop) {
-		now = now_mono_ms();
-		circuit_tick(w, now);
-		if (run_due(w, now))
-			continue;
+		/* Redis or the ledger failed: back off before anything else. */
 		if (w->trouble) {
 			back_off(w);
 			w->trouble = false;
@@ -2184,6 +2192,10 @@ worker_backlog_settle(struct worker *w)
 				(void)ledger_connect(w->ledger);
 			continue;
 		}
+		now = now_mono_ms();
+		circuit_tick(w, now);
+		if (run_due(w, now))
+			continue;
 		due = next_due(w);
 		if (w->circuit.state == CIRCUIT_OPEN &&
 		    w->circuit.until_ms > due)
