@@ -18,6 +18,12 @@ struct cli {
 };
 
 /*
+ * -c FILE and -v among a subcommand's options (getopt_long's ch and
+ * optarg): taken into cli. Returns true when ch was one of them.
+ */
+bool	cli_option(struct cli *, int ch, const char *arg);
+
+/*
  * Loads the config and logs to stderr as proc (the config's logging
  * format and level; debug with -v). Returns 0, or CONFIG_EXIT_ERROR after
  * printing why; cfg is then not to be freed.

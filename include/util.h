@@ -50,6 +50,9 @@ long long	 now_wall_ms(void);
 /* "2026-01-05T16:27:08.268Z" (UTC, milliseconds). */
 void		 format_utc_ms(char *, size_t, long long unix_ms);
 
+/* Whether s holds a control character (below 0x20, or DEL). */
+int	 str_has_control(const char *s);
+
 /* strlcpy-like; always NUL-terminates when size > 0. */
 size_t	 strlcpy_s(char *, const char *, size_t);
 

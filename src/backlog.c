@@ -126,13 +126,9 @@ parse_args(struct cli *cli, int argc, char **argv, struct backlog_opts *o)
 	o->max_age_hours = -1;
 	optind = 0;	/* glibc: 0 starts a fresh scan */
 	while ((ch = getopt_long(argc, argv, "c:v", longopts, NULL)) != -1) {
+		if (cli_option(cli, ch, optarg))
+			continue;
 		switch (ch) {
-		case 'c':
-			cli->config_path = optarg;
-			break;
-		case 'v':
-			cli->verbose = true;
-			break;
 		case 'S':
 			o->stream = optarg;
 			break;
@@ -418,7 +414,9 @@ run(const struct config *cfg, const struct backlog_opts *o)
 	strlcpy_s(lp.owner, me, sizeof(lp.owner));
 	memset(&p, 0, sizeof(p));
 	p.tty = isatty(STDERR_FILENO) == 1;
-	if ((p.total = count_range(s, from, end)) < 0) {
+	/* The whole stream: XLEN says it; a range is counted by its ids. */
+	if ((p.total = !o->resume && o->start_id == NULL && o->end_id == NULL ?
+	    stream_length(s) : count_range(s, from, end)) < 0) {
 		code = 1;
 		goto out;
 	}

@@ -29,3 +29,15 @@ cli_load(const struct cli *cli, struct config *cfg, const char *proc)
 	log_init(proc, level, format, NULL);
 	return 0;
 }
+
+bool
+cli_option(struct cli *cli, int ch, const char *arg)
+{
+	if (ch == 'c')
+		cli->config_path = arg;
+	else if (ch == 'v')
+		cli->verbose = true;
+	else
+		return false;
+	return true;
+}

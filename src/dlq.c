@@ -1259,13 +1259,9 @@ dlq_main(struct cli *cli, int argc, char **argv)
 	o.count = DEFAULT_COUNT;
 	optind = 0;	/* glibc: 0 starts a fresh scan */
 	while ((ch = getopt_long(argc, argv, "c:vh", longopts, NULL)) != -1) {
+		if (cli_option(cli, ch, optarg))
+			continue;
 		switch (ch) {
-		case 'c':
-			cli->config_path = optarg;
-			break;
-		case 'v':
-			cli->verbose = true;
-			break;
 		case 'h':
 			dlq_usage(stdout);
 			return 0;

@@ -229,15 +229,6 @@ blank(const char *s, size_t len)
 	return true;
 }
 
-static bool
-has_control(const char *s)
-{
-	for (; *s != '\0'; s++)
-		if ((unsigned char)*s < 0x20 || (unsigned char)*s == 0x7f)
-			return true;
-	return false;
-}
-
 /* One line into a document; NULL with err set. */
 static cJSON *
 parse_line(const char *line, size_t len, size_t lineno, size_t max_line,
@@ -267,7 +258,7 @@ parse_line(const char *line, size_t len, size_t lineno, size_t max_line,
 	}
 	id = cJSON_GetObjectItemCaseSensitive(doc, "document_id");
 	if (!cJSON_IsString(id) || *id->valuestring == '\0' ||
-	    has_control(id->valuestring)) {
+	    str_has_control(id->valuestring)) {
 		snprintf(err, errlen, "line %zu: document_id %s", lineno,
 		    id == NULL ? "is missing" : !cJSON_IsString(id) ?
 		    "is not a string" : *id->valuestring == '\0' ?
@@ -339,7 +330,7 @@ docfile_read(const char *shared_dir, const char *path, size_t max_bytes,
 		snprintf(err, errlen, "the documents file path is empty");
 		return -1;
 	}
-	if (has_control(path)) {
+	if (str_has_control(path)) {
 		snprintf(err, errlen, "the documents file path contains a "
 		    "control character");
 		return -1;

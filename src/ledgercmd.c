@@ -581,13 +581,9 @@ ledgercmd_main(struct cli *cli, int argc, char **argv)
 	memset(&o, 0, sizeof(o));
 	optind = 0;	/* glibc: 0 starts a fresh scan */
 	while ((ch = getopt_long(argc, argv, "c:v", longopts, NULL)) != -1) {
+		if (cli_option(cli, ch, optarg))
+			continue;
 		switch (ch) {
-		case 'c':
-			cli->config_path = optarg;
-			break;
-		case 'v':
-			cli->verbose = true;
-			break;
 		case 'J':
 			o.given |= O_JSON;
 			break;

@@ -152,13 +152,9 @@ cmd_check_config(struct cli *cli, int argc, char **argv)
 
 	optind = 0;	/* glibc: 0 starts a fresh scan */
 	while ((ch = getopt_long(argc, argv, "c:v", longopts, NULL)) != -1) {
+		if (cli_option(cli, ch, optarg))
+			continue;
 		switch (ch) {
-		case 'c':
-			cli->config_path = optarg;
-			break;
-		case 'v':
-			cli->verbose = true;
-			break;
 		default:
 			return EXIT_USAGE;
 		}
@@ -187,13 +183,9 @@ cmd_status(struct cli *cli, int argc, char **argv, struct status_opts *so)
 
 	optind = 0;	/* glibc: 0 starts a fresh scan */
 	while ((ch = getopt_long(argc, argv, "c:v", longopts, NULL)) != -1) {
+		if (cli_option(cli, ch, optarg))
+			continue;
 		switch (ch) {
-		case 'c':
-			cli->config_path = optarg;
-			break;
-		case 'v':
-			cli->verbose = true;
-			break;
 		case 'J':
 			so->json = true;
 			break;

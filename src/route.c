@@ -59,15 +59,6 @@ scalar_text(const cJSON *v)
 }
 
 static bool
-has_control(const char *s)
-{
-	for (; *s != '\0'; s++)
-		if ((unsigned char)*s < 0x20 || (unsigned char)*s == 0x7f)
-			return true;
-	return false;
-}
-
-static bool
 is_full_url(const char *s)
 {
 	return strncasecmp(s, "http://", 7) == 0 ||
@@ -148,7 +139,7 @@ render_key(const struct route *r, const cJSON *ctx, struct request *rq,
 		return -1;
 	}
 	/* It is sent as a header and is the ledger's key: one line only. */
-	if (has_control(rq->idempotency_key)) {
+	if (str_has_control(rq->idempotency_key)) {
 		snprintf(err, errlen, "idempotency_key: the rendered key "
 		    "contains a control character");
 		return -1;

@@ -291,3 +291,12 @@ strset_has(const struct strset *set, const char *s)
 			return 1;
 	return 0;
 }
+
+int
+str_has_control(const char *s)
+{
+	for (; *s != '\0'; s++)
+		if ((unsigned char)*s < 0x20 || (unsigned char)*s == 0x7f)
+			return 1;
+	return 0;
+}
