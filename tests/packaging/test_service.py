@@ -388,9 +388,19 @@ def test_init_script_disabled_starts_nothing(world):
 
 # ---- logrotate ---------------------------------------------------------
 
+def installed_rules(path, text):
+    """The rules as a package installs them: logrotate ignores a file
+    that group or others may write (as a checkout may have it)."""
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o644)
+    return path
+
+
 def test_logrotate_rules_parse(service_user, tmp_path):
     lr = need_tool("logrotate", "logrotate")
-    p = run([lr, "-d", "-s", str(tmp_path / "state"), LOGROTATE])
+    conf = installed_rules(str(tmp_path / "stagerelay"), read(LOGROTATE))
+    p = run([lr, "-d", "-s", str(tmp_path / "state"), conf])
     out = p.stdout + p.stderr
     assert p.returncode == 0, show(p)
     assert not re.search(r"^error:", out, re.M), show(p)
@@ -417,9 +427,7 @@ def test_logrotate_rotation_reopens_the_log(init, world):
     rules = rules.replace("/var/log/stagerelay/stagerelay.log",
                           init.logfile)
     rules = rules.replace("/run/stagerelay/stagerelay.pid", init.pidfile)
-    conf = os.path.join(world.dir, "logrotate.conf")
-    with open(conf, "w") as f:
-        f.write(rules)
+    conf = installed_rules(os.path.join(world.dir, "logrotate.conf"), rules)
     # systemctl show on a systemd host finds no such unit running: the
     # pidfile is used.
     p = run([lr, "-f", "-s", os.path.join(world.dir, "logrotate.state"),
