@@ -1860,6 +1860,45 @@ read_block_ms(const struct worker *w, long long now)
 	return block <= 0 ? -1 : (int)block;	/* BLOCK 0 would wait forever */
 }
 
+/* What every worker starts with; it owns consumer from here on. */
+static void
+worker_init(struct worker *w, const struct config *cfg,
+    const struct worker_opts *opts, char *consumer, struct metrics_slot *m)
+{
+	memset(w, 0, sizeof(*w));
+	w->cfg = cfg;
+	w->opts = opts;
+	w->consumer = consumer;
+	w->stream = stream_new(cfg, w->consumer);
+	w->ledger = ledger_new(cfg->ledger.dsn, cfg->ledger.schema,
+	    cfg->consumer_group, w->consumer, cfg->source_stream);
+	w->trigger = trigger_new(cfg);
+	if ((w->no_documents = cJSON_CreateArray()) == NULL)
+		fatalx("worker: out of memory");
+	w->m = m;
+	circuit_set(w, CIRCUIT_CLOSED);
+	w->rng = ((uint64_t)getpid() << 32) ^ (uint64_t)now_wall_ms() ^
+	    0x9e3779b97f4a7c15ULL;
+}
+
+/* Everything worker_init() and the rounds since gave the worker. */
+static void
+worker_release(struct worker *w)
+{
+	for (size_t i = 0; i < w->nheld; i++)
+		free(w->held[i].entry);
+	free(w->held);
+	free(w->file_waits);
+	free(w->page);
+	stream_free(w->stream);
+	ledger_free(w->ledger);
+	trigger_free(w->trigger);
+	cJSON_Delete(w->no_documents);
+	strset_free(&w->dead_known);
+	stream_ids_free(&w->dead_ids);
+	free(w->consumer);
+}
+
 int
 worker_run(const struct config *cfg, const struct worker_opts *opts)
 {
@@ -1871,21 +1910,10 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 	char pend[24];
 	int n, code = 0;
 
-	memset(&w, 0, sizeof(w));
-	w.cfg = cfg;
-	w.opts = opts;
-	w.consumer = worker_consumer_name(cfg, opts->slot);
-	w.stream = stream_new(cfg, w.consumer);
-	w.ledger = ledger_new(cfg->ledger.dsn, cfg->ledger.schema,
-	    cfg->consumer_group, w.consumer, cfg->source_stream);
-	w.trigger = trigger_new(cfg);
-	if ((w.no_documents = cJSON_CreateArray()) == NULL)
-		fatalx("worker: out of memory");
+	worker_init(&w, cfg, opts, worker_consumer_name(cfg, opts->slot),
+	    opts->metrics != NULL ? &opts->metrics->slot[opts->slot] :
+	    &unsupervised);
 	w.shm = opts->metrics;
-	w.m = w.shm != NULL ? &w.shm->slot[opts->slot] : &unsupervised;
-	circuit_set(&w, CIRCUIT_CLOSED);
-	w.rng = ((uint64_t)getpid() << 32) ^ (uint64_t)now_wall_ms() ^
-	    0x9e3779b97f4a7c15ULL;
 	w.held_max = (size_t)cfg->batch_size * 10 > 100 ?
 	    (size_t)cfg->batch_size * 10 : 100;
 	w.recovering = true;		/* step 1: own pending list first */
@@ -2013,16 +2041,7 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 	snprintf(pend, sizeof(pend), "%ld", left);
 	log_event(LOG_INFO, "worker_stopped", "consumer", w.consumer,
 	    "pending", left >= 0 ? pend : "unknown", (const char *)NULL);
-	for (size_t i = 0; i < w.nheld; i++)
-		free(w.held[i].entry);
-	free(w.held);
-	free(w.file_waits);
-	free(w.page);
-	stream_free(w.stream);
-	ledger_free(w.ledger);
-	trigger_free(w.trigger);
-	cJSON_Delete(w.no_documents);
-	free(w.consumer);
+	worker_release(&w);
 	return code;
 }
 
@@ -2035,21 +2054,10 @@ struct worker *
 worker_backlog_open(const struct config *cfg, const struct worker_opts *opts,
     long long expire_before_ms, bool dry_run)
 {
-	struct worker *w = xcalloc(1, sizeof(*w));
+	struct worker *w = xmalloc(sizeof(*w));
 
-	w->cfg = cfg;
-	w->opts = opts;
-	w->consumer = xasprintf("%s-backlog", cfg->consumer_name);
-	w->stream = stream_new(cfg, w->consumer);
-	w->ledger = ledger_new(cfg->ledger.dsn, cfg->ledger.schema,
-	    cfg->consumer_group, w->consumer, cfg->source_stream);
-	w->trigger = trigger_new(cfg);
-	w->m = opts->tally != NULL ? opts->tally : &unsupervised;
-	if ((w->no_documents = cJSON_CreateArray()) == NULL)
-		fatalx("worker: out of memory");
-	circuit_set(w, CIRCUIT_CLOSED);
-	w->rng = ((uint64_t)getpid() << 32) ^ (uint64_t)now_wall_ms() ^
-	    0x9e3779b97f4a7c15ULL;
+	worker_init(w, cfg, opts, xasprintf("%s-backlog", cfg->consumer_name),
+	    opts->tally != NULL ? opts->tally : &unsupervised);
 	w->expire_before_ms = expire_before_ms;
 	w->backlog = true;
 	w->dry_run = dry_run;
@@ -2210,17 +2218,7 @@ worker_backlog_close(struct worker *w)
 {
 	if (w == NULL)
 		return;
-	for (size_t i = 0; i < w->nheld; i++)
-		free(w->held[i].entry);
-	free(w->held);
-	free(w->file_waits);
-	stream_free(w->stream);
-	ledger_free(w->ledger);
-	trigger_free(w->trigger);
-	cJSON_Delete(w->no_documents);
-	strset_free(&w->dead_known);
-	stream_ids_free(&w->dead_ids);
-	free(w->consumer);
+	worker_release(w);
 	free(w);
 }
 

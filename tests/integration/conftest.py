@@ -31,6 +31,7 @@ sys.path.insert(0, TOOLS)
 import logfmt  # noqa: E402
 import publish  # noqa: E402
 import servers  # noqa: E402
+from waiting import wait_until  # noqa: E402,F401 (tests import it here)
 
 STREAM = publish.DEFAULT_STREAM
 GROUP = "stage2-nlp-processor"
@@ -125,19 +126,6 @@ def mock_server():
 
 
 # ---- waiting -----------------------------------------------------------
-
-def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
-    """Polls predicate() until it returns something truthy; returns it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.1f s waiting for %s"
-                                 % (timeout, what))
-        time.sleep(interval)
-
 
 # ---- processes ---------------------------------------------------------
 

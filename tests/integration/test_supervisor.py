@@ -11,15 +11,11 @@ the API, pids, exit statuses, log lines and sd_notify datagrams.
 Every wait polls with a timeout; nothing relies on a fixed sleep.
 """
 
-import array
 import collections
 import os
 import pwd
 import re
-import shutil
 import signal
-import socket
-import tempfile
 import time
 
 import pytest
@@ -33,6 +29,7 @@ from conftest import (CONSUMER, DOC_ROUTE_PATH, EXIT_CRASH_LOOP,
 
 import logfmt
 import publish
+from waiting import NotifySocket
 
 
 def name(slot):
@@ -566,56 +563,6 @@ def test_crash_loop_brake_stops_the_master_with_exit_70(env):
 
 
 # ---- 8. sd_notify --------------------------------------------------------
-
-class NotifySocket:
-    """An AF_UNIX datagram socket standing in for systemd's, recording
-    (sender pid, line) in arrival order."""
-
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="srnotify-", dir="/tmp")
-        self.path = os.path.join(self.dir, "notify")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self.sock.bind(self.path)
-        os.chmod(self.path, 0o777)
-        self.sock.setblocking(False)
-        self.got = []
-
-    def poll(self):
-        ucred = array.array("i", [0, 0, 0])
-        while True:
-            try:
-                data, anc, _, _ = self.sock.recvmsg(
-                    4096, socket.CMSG_SPACE(ucred.itemsize * 3))
-            except BlockingIOError:
-                return self.got
-            pid = None
-            for level, kind, cdata in anc:
-                if level == socket.SOL_SOCKET and \
-                        kind == socket.SCM_CREDENTIALS:
-                    pid = array.array("i", cdata[:12])[0]
-            for line in data.decode("utf-8", "replace").splitlines():
-                if line:
-                    self.got.append((pid, line))
-
-    def lines(self):
-        return [line for _, line in self.poll()]
-
-    def wait(self, line, after=-1, timeout=10.0):
-        """Waits for line at an index > after; returns its index."""
-        def found():
-            for i, got in enumerate(self.lines()):
-                if i > after and got == line:
-                    return i + 1
-            return None
-        return wait_until(found, timeout=timeout,
-                          what="sd_notify %r (got %s)"
-                          % (line, self.lines())) - 1
-
-    def close(self):
-        self.sock.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
 
 @pytest.fixture
 def notify():

@@ -17,7 +17,6 @@ tree), STAGERELAY_BUILDDIR (where make put the generated unit and man pages;
 default: the binary's directory).
 """
 
-import array
 import grp
 import os
 import pwd
@@ -25,12 +24,10 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 
 import pytest
 
@@ -46,6 +43,7 @@ sys.path.insert(0, TOOLS)
 import logfmt  # noqa: E402
 import publish  # noqa: E402
 import servers  # noqa: E402
+from waiting import NotifySocket, wait_until  # noqa: E402,F401
 
 UNIT = os.path.join(BUILDDIR, "packaging", "systemd", "stagerelay.service")
 UNIT_IN = os.path.join(SRCDIR, "packaging", "systemd",
@@ -105,19 +103,6 @@ def run(argv, timeout=60, **kw):
 def show(p):
     return "$ %s\n-> exit %d\n--- stdout ---\n%s\n--- stderr ---\n%s" % (
         " ".join(str(a) for a in p.args), p.returncode, p.stdout, p.stderr)
-
-
-def wait_until(predicate, timeout=10.0, interval=0.05, what="condition"):
-    """Polls predicate() until it returns something truthy; returns it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.1f s waiting for %s"
-                                 % (timeout, what))
-        time.sleep(interval)
 
 
 # ---- the unit file -----------------------------------------------------
@@ -447,63 +432,6 @@ def uids_of(pid):
 
 
 # ---- a stand-in for systemd's notify socket ----------------------------
-
-class NotifySocket:
-    """An AF_UNIX datagram socket where NOTIFY_SOCKET points, recording
-    (sender pid, line) in arrival order; the service user may send to
-    it."""
-
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="stagerelay-notify-", dir="/tmp")
-        os.chmod(self.dir, 0o755)
-        self.path = os.path.join(self.dir, "notify")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self.sock.bind(self.path)
-        os.chmod(self.path, 0o777)
-        self.sock.setblocking(False)
-        self.got = []
-
-    def poll(self):
-        ucred = array.array("i", [0, 0, 0])
-        while True:
-            try:
-                data, anc, _, _ = self.sock.recvmsg(
-                    4096, socket.CMSG_SPACE(ucred.itemsize * 3))
-            except BlockingIOError:
-                return self.got
-            pid = None
-            for level, kind, cdata in anc:
-                if level == socket.SOL_SOCKET and \
-                        kind == socket.SCM_CREDENTIALS:
-                    pid = array.array("i", cdata[:12])[0]
-            for line in data.decode("utf-8", "replace").splitlines():
-                if line:
-                    self.got.append((pid, line))
-
-    def lines(self):
-        return [line for _, line in self.poll()]
-
-    def wait(self, line, after=-1, timeout=15.0):
-        """Waits for line (exact, or a prefix ending in "=") at an index
-        > after; returns its index."""
-        def match(got):
-            return got.startswith(line) if line.endswith("=") else \
-                got == line
-
-        def found():
-            for i, got in enumerate(self.lines()):
-                if i > after and match(got):
-                    return i + 1
-            return None
-        return wait_until(found, timeout=timeout,
-                          what="sd_notify %r (got %s)"
-                          % (line, self.lines())) - 1
-
-    def close(self):
-        self.sock.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
 
 @pytest.fixture
 def notify_socket():

@@ -23,7 +23,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -36,6 +35,7 @@ if TOOLS not in sys.path:
 import logfmt  # noqa: E402
 import publish  # noqa: E402
 import servers  # noqa: E402
+import waiting  # noqa: E402
 
 BUILD_DEB = os.path.join(SRCDIR, "packaging", "build-deb")
 PKG = "stagerelay"
@@ -98,15 +98,8 @@ def need_root():
 
 
 def wait_until(predicate, timeout=20.0, what="condition", interval=0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.0f s waiting for %s"
-                                 % (timeout, what))
-        time.sleep(interval)
+    """waiting.wait_until, with the slower pace of a package's service."""
+    return waiting.wait_until(predicate, timeout, interval, what)
 
 
 def package_status():

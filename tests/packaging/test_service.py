@@ -197,7 +197,7 @@ def test_exec_start_lifecycle_under_notify(unit, world, notify_socket):
                    exec_argv(unit_value(unit, "Service", "ExecReload"))]
         p = run_as(user, reload_, service_env(user))
         assert p.returncode == 0, show(p)
-        reloading = n.wait("RELOADING=1", after=ready)
+        reloading = n.wait("RELOADING=1", after=ready, timeout=15)
         n.wait("READY=1", after=reloading, timeout=30)
         svc.wait_log("reloaded", timeout=30)
         world.publisher.document_cleaned("doc-unit-2", "second text")
