@@ -70,7 +70,7 @@ struct config {
 	bool		 auto_process;		/* default true; false = observe only */
 	bool		 batch_mode;		/* default false */
 	int		 poll_interval_ms;	/* XREADGROUP BLOCK; default 1000 */
-	int		 batch_size;		/* XREADGROUP COUNT; default 10 */
+	int		 batch_size;		/* XREADGROUP COUNT; default 100 */
 	int		 concurrent_tasks;	/* workers; default 1 */
 	bool		 retry_failed;		/* default true */
 	int		 max_retries;		/* default 3 */
@@ -100,6 +100,7 @@ struct config {
 		char		*base_url;	/* default "http://127.0.0.1:8000" */
 		int		 timeout_ms;	/* default 30000 */
 		int		 connect_timeout_ms; /* default 5000 */
+		int		 max_in_flight;	/* per worker; default 16 */
 		struct header	*headers;
 		size_t		 nheaders;
 		char		*ca_file;	/* optional */

@@ -31,6 +31,13 @@ struct trigger;
 struct trigger	*trigger_new(const struct config *);
 void		 trigger_free(struct trigger *);
 
+/*
+ * Called at least once a second while trigger_run() waits on requests, so
+ * a long read (many requests through the window) still shows its worker
+ * alive.
+ */
+void	trigger_on_tick(struct trigger *, void (*)(void *), void *);
+
 /* Runs n requests concurrently and fills results[0..n). */
 void	trigger_run(struct trigger *, const struct request *reqs, size_t n,
 	    struct trigger_result *results);

@@ -125,6 +125,7 @@ static const struct kdef nlp_api_keys[] = {
 	K_INT("timeout_ms", CFG(nlp_api.timeout_ms), 100, 3600000),
 	K_INT("connect_timeout_ms", CFG(nlp_api.connect_timeout_ms),
 	    100, 600000),
+	K_INT("max_in_flight", CFG(nlp_api.max_in_flight), 1, 1024),
 	{ .name = "headers", .type = KT_HEADERS },
 	K_OPT("ca_file", CFG(nlp_api.ca_file)),
 	K_BOOL("verify_tls", CFG(nlp_api.verify_tls)),
@@ -1446,7 +1447,7 @@ config_defaults(struct config *cfg)
 	cfg->auto_process = true;
 	cfg->batch_mode = false;
 	cfg->poll_interval_ms = 1000;
-	cfg->batch_size = 10;
+	cfg->batch_size = 100;
 	cfg->concurrent_tasks = 1;
 	cfg->retry_failed = true;
 	cfg->max_retries = 3;
@@ -1474,6 +1475,7 @@ config_defaults(struct config *cfg)
 	cfg->nlp_api.base_url = xstrdup("http://127.0.0.1:8000");
 	cfg->nlp_api.timeout_ms = 30000;
 	cfg->nlp_api.connect_timeout_ms = 5000;
+	cfg->nlp_api.max_in_flight = 16;
 	cfg->nlp_api.verify_tls = true;
 
 	cfg->ledger.dsn = xstrdup("");
@@ -2310,6 +2312,7 @@ config_print(FILE *f, const struct config *cfg)
 	print_str(f, 4, "base_url", cfg->nlp_api.base_url);
 	print_int(f, 4, "timeout_ms", cfg->nlp_api.timeout_ms);
 	print_int(f, 4, "connect_timeout_ms", cfg->nlp_api.connect_timeout_ms);
+	print_int(f, 4, "max_in_flight", cfg->nlp_api.max_in_flight);
 	if (cfg->nlp_api.nheaders == 0)
 		fprintf(f, "    headers: {}\n");
 	else {

@@ -11,6 +11,7 @@
 #endif
 
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -176,109 +177,184 @@ static const struct migration {
 "COMMENT ON COLUMN @S@.backlog_progress.owner IS 'host:pid of the run that last saved progress; a second run on the same stream is refused while it is alive.';\n"
 "COMMENT ON COLUMN @S@.backlog_progress.finished_at IS 'When the run reached end_id; NULL while it is unfinished (interrupted runs can be resumed).';\n"
 	},
+	{ 4, "claim_documents() and record_documents(); no foreign key on last_delivery_id",
+"ALTER TABLE @S@.processed_documents\n"
+"  DROP CONSTRAINT IF EXISTS processed_documents_last_delivery_id_fkey;\n"
+"COMMENT ON COLUMN @S@.processed_documents.last_delivery_id IS 'The deliveries row of the last request made for this document. Not a foreign key (since ledger version 4: the check cost more than half of each record statement); stagerelay ledger purge deletes only deliveries no document refers to.';\n"
+"CREATE FUNCTION @S@.claim_documents(\n"
+"    p_group text, p_consumer text, p_lease_s integer, p_ttl_hours float8,\n"
+"    p_check_done boolean, p_document_ids text[], p_event_ids text[],\n"
+"    p_event_types text[], p_event_sources text[], p_event_times timestamptz[],\n"
+"    p_entry_ids text[], p_batch_ids text[], p_job_ids text[], p_stream text)\n"
+"  RETURNS TABLE (document_id text, claim text, attempts integer,\n"
+"                 prev_status text, retries integer, wait_ms bigint,\n"
+"                 ord bigint, same_entry boolean)\n"
+"  LANGUAGE plpgsql\n"
+/*
+ * Both functions touch rows by primary key only. Their plans are kept per
+ * connection, and one made while the table was young (no statistics yet)
+ * would otherwise scan the whole group on every call as it grows.
+ */
+"  SET enable_seqscan = off SET enable_bitmapscan = off\n"
+"  AS $claim$\n"
+"#variable_conflict use_column\n"
+"BEGIN\n"
+"  RETURN QUERY\n"
+"  WITH input AS (\n"
+"    SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::text[],\n"
+"                         $10::timestamptz[], $11::text[], $12::text[], $13::text[])\n"
+"      WITH ORDINALITY\n"
+"      AS t(document_id, event_id, event_type, event_source, event_time,\n"
+"           stream_entry_id, batch_id, job_id, ord)\n"
+"  ), upsert AS (\n"
+"    INSERT INTO @S@.processed_documents AS d\n"
+"      (consumer_group, document_id, status, claimed_by, lease_until, event_id,\n"
+"       event_type, event_source, event_time, stream, stream_entry_id, batch_id, job_id)\n"
+"    SELECT $1, document_id, 'claimed', $2, now() + make_interval(secs => $3::int),\n"
+"           event_id, event_type, event_source, event_time, $14, stream_entry_id,\n"
+"           batch_id, job_id\n"
+"      FROM input\n"
+"    ON CONFLICT (consumer_group, document_id) DO UPDATE SET\n"
+"      status = 'claimed', claimed_by = excluded.claimed_by,\n"
+"      lease_until = excluded.lease_until, retry_at = NULL,\n"
+/* a replay, or a new round after the dedup window: a fresh retry budget */
+"      retries = CASE WHEN d.status IN ('dead', 'triggered') THEN 0\n"
+"                     ELSE d.retries END,\n"
+"      event_id = excluded.event_id,\n"
+"      event_type = excluded.event_type, event_source = excluded.event_source,\n"
+"      event_time = excluded.event_time, stream = excluded.stream,\n"
+"      stream_entry_id = excluded.stream_entry_id,\n"
+"      batch_id = coalesce(excluded.batch_id, d.batch_id),\n"
+"      job_id = coalesce(excluded.job_id, d.job_id), updated_at = now()\n"
+/* a failed document is owned again once its retry is due */
+"    WHERE (d.status = 'failed' AND (d.retry_at IS NULL OR d.retry_at <= now()))\n"
+"       OR d.status IN ('observed', 'expired')\n"
+/* our own claim (same stable consumer name: we crashed) or an expired one */
+"       OR (d.status = 'claimed' AND (d.claimed_by = excluded.claimed_by\n"
+"                                     OR d.lease_until < now()))\n"
+/* dead for another entry: a replay from the dead-letter stream */
+"       OR (d.status = 'dead' AND d.stream_entry_id IS DISTINCT FROM excluded.stream_entry_id)\n"
+"       OR (d.status = 'triggered' AND NOT $5::boolean)\n"
+"       OR (d.status = 'triggered' AND $4::float8 > 0\n"
+"           AND d.triggered_at < now() - make_interval(secs => $4::float8 * 3600))\n"
+"    RETURNING d.document_id, d.attempts, d.retries\n"
+"  )\n"
+/* d is the row as it was before this statement (one snapshot) */
+"  SELECT i.document_id,\n"
+"         CASE WHEN u.document_id IS NOT NULL THEN 'owned'\n"
+"              WHEN d.status = 'claimed' THEN 'busy'\n"
+"              WHEN d.status = 'failed' THEN 'wait'\n"
+"              ELSE 'done' END,\n"
+"         coalesce(u.attempts, d.attempts, 0), coalesce(d.status, ''),\n"
+"         coalesce(u.retries, d.retries, 0),\n"
+"         CASE WHEN u.document_id IS NOT NULL THEN 0\n"
+"              ELSE coalesce(greatest(0, ceil(extract(epoch FROM\n"
+"                   CASE WHEN d.status = 'claimed' THEN d.lease_until\n"
+"                        ELSE d.retry_at END - now()) * 1000)), 0)\n"
+"         END::bigint, i.ord,\n"
+"         coalesce(d.stream_entry_id = i.stream_entry_id, false)\n"
+"    FROM input i\n"
+"    LEFT JOIN upsert u USING (document_id)\n"
+"    LEFT JOIN LATERAL (SELECT * FROM @S@.processed_documents x\n"
+"                        WHERE x.consumer_group = $1\n"
+"                          AND x.document_id = i.document_id OFFSET 0) d ON true;\n"
+"END\n"
+"$claim$;\n"
+"CREATE FUNCTION @S@.record_documents(\n"
+"    p_group text, p_consumer text,\n"
+"    p_req_keys text[], p_req_entry_ids text[], p_req_event_ids text[],\n"
+"    p_req_routes text[], p_req_methods text[], p_req_urls text[],\n"
+"    p_req_http_statuses integer[], p_req_latencies_ms float8[],\n"
+"    p_req_outcomes text[], p_req_remote_job_ids text[], p_req_errors text[],\n"
+"    p_req_documents integer[],\n"
+"    p_document_ids text[], p_statuses text[], p_http_statuses integer[],\n"
+"    p_remote_job_ids text[], p_errors text[], p_requests integer[],\n"
+"    p_retry_in_ms float8[], p_count_retry boolean[])\n"
+"  RETURNS integer\n"
+"  LANGUAGE plpgsql\n"
+"  SET enable_seqscan = off SET enable_bitmapscan = off\n"
+"  SET enable_hashjoin = off SET enable_mergejoin = off\n"
+"  AS $record$\n"
+"#variable_conflict use_column\n"
+"DECLARE\n"
+"  ids bigint[];\n"
+"  n integer;\n"
+"BEGIN\n"
+/* a deliveries row per request; ids[k] is request k's, so no join is needed */
+"  ids := ARRAY(SELECT nextval('@S@.deliveries_delivery_id_seq'::regclass)\n"
+"                 FROM generate_series(1, coalesce(cardinality(p_req_keys), 0)));\n"
+"  INSERT INTO @S@.deliveries (delivery_id, consumer_group, route, method, url,\n"
+"      idempotency_key, http_status, latency_ms, outcome, remote_job_id,\n"
+"      error, event_id, stream_entry_id, documents)\n"
+"  SELECT ids[q.k], p_group, q.route, q.method, q.url, q.key, q.http_status,\n"
+"         q.latency_ms, q.outcome, q.remote_job_id, q.error, q.event_id,\n"
+"         q.entry_id, q.documents\n"
+"    FROM unnest(p_req_keys, p_req_entry_ids, p_req_event_ids, p_req_routes,\n"
+"                p_req_methods, p_req_urls, p_req_http_statuses,\n"
+"                p_req_latencies_ms, p_req_outcomes, p_req_remote_job_ids,\n"
+"                p_req_errors, p_req_documents) WITH ORDINALITY\n"
+"      AS q(key, entry_id, event_id, route, method, url, http_status,\n"
+"           latency_ms, outcome, remote_job_id, error, documents, k);\n"
+/*
+ * p_requests[i] is the request document i went out in; NULL: none. Each
+ * document's row is found by its primary key, in a LATERAL subquery the
+ * planner cannot flatten (OFFSET 0); a plain join lets it scan the whole
+ * group instead when the table is young and has no statistics yet, and
+ * every call then costs O(rows). A row updated meanwhile (its claim taken
+ * over) has another ctid and is left alone, as the claimed_by test would.
+ * IS NOT DISTINCT FROM keeps the status index out of the plan.
+ */
+"  UPDATE @S@.processed_documents d SET\n"
+"    status = r.status,\n"
+"    attempts = d.attempts + CASE WHEN r.req IS NOT NULL THEN 1 ELSE 0 END,\n"
+"    retries = d.retries + CASE WHEN r.count_retry THEN 1 ELSE 0 END,\n"
+"    retry_at = CASE WHEN r.status = 'failed' AND r.retry_in_ms IS NOT NULL\n"
+"               THEN now() + make_interval(secs => r.retry_in_ms / 1000) END,\n"
+"    http_status = r.http_status,\n"
+"    remote_job_id = coalesce(r.remote_job_id, d.remote_job_id),\n"
+"    last_error = r.error,\n"
+"    lease_until = NULL,\n"
+"    last_delivery_id = coalesce(ids[r.req], d.last_delivery_id),\n"
+"    triggered_at = CASE WHEN r.status = 'triggered' THEN now() ELSE d.triggered_at END,\n"
+"    updated_at = now()\n"
+"    FROM (SELECT t.*, x.tid\n"
+"            FROM unnest(p_document_ids, p_statuses, p_http_statuses,\n"
+"                        p_remote_job_ids, p_errors, p_requests, p_retry_in_ms,\n"
+"                        p_count_retry)\n"
+"              AS t(document_id, status, http_status, remote_job_id, error, req,\n"
+"                   retry_in_ms, count_retry)\n"
+"            CROSS JOIN LATERAL (SELECT x.ctid AS tid\n"
+"                                  FROM @S@.processed_documents x\n"
+"                                 WHERE x.consumer_group = p_group\n"
+"                                   AND x.document_id = t.document_id\n"
+"                                OFFSET 0) x) r\n"
+"   WHERE d.ctid = r.tid\n"
+"     AND d.status IS NOT DISTINCT FROM 'claimed' AND d.claimed_by = p_consumer;\n"
+"  GET DIAGNOSTICS n = ROW_COUNT;\n"
+"  RETURN n;\n"
+"END\n"
+"$record$;\n"
+"COMMENT ON FUNCTION @S@.claim_documents(text, text, integer, float8, boolean, text[], text[], text[], text[], timestamptz[], text[], text[], text[], text) IS 'Step 5 of a round: claims a batch of documents for a consumer in one statement; one row per input document saying owned, busy, wait or done. Called by stagerelay; a function so that PostgreSQL keeps its plan per connection, also behind a transaction-pooling pgbouncer.';\n"
+"COMMENT ON FUNCTION @S@.record_documents(text, text, text[], text[], text[], text[], text[], text[], integer[], float8[], text[], text[], text[], integer[], text[], text[], integer[], text[], text[], integer[], float8[], boolean[]) IS 'Step 8 of a round: records the outcome of every document a consumer claimed (triggered, failed, dead) and one deliveries row per request, in one statement; returns the documents updated.';\n"
+	},
 };
 
 static const char sql_claim[] =
-"WITH input AS (\n"
-"  SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::text[],\n"
-"                       $10::timestamptz[], $11::text[], $12::text[], $13::text[])\n"
-"    WITH ORDINALITY\n"
-"    AS t(document_id, event_id, event_type, event_source, event_time,\n"
-"         stream_entry_id, batch_id, job_id, ord)\n"
-"), upsert AS (\n"
-"  INSERT INTO @S@.processed_documents AS d\n"
-"    (consumer_group, document_id, status, claimed_by, lease_until, event_id,\n"
-"     event_type, event_source, event_time, stream, stream_entry_id, batch_id, job_id)\n"
-"  SELECT $1, document_id, 'claimed', $2, now() + make_interval(secs => $3::int),\n"
-"         event_id, event_type, event_source, event_time, $14, stream_entry_id,\n"
-"         batch_id, job_id\n"
-"    FROM input\n"
-"  ON CONFLICT (consumer_group, document_id) DO UPDATE SET\n"
-"    status = 'claimed', claimed_by = excluded.claimed_by,\n"
-"    lease_until = excluded.lease_until, retry_at = NULL,\n"
-/* a replay, or a new round after the dedup window: a fresh retry budget */
-"    retries = CASE WHEN d.status IN ('dead', 'triggered') THEN 0\n"
-"                   ELSE d.retries END,\n"
-"    event_id = excluded.event_id,\n"
-"    event_type = excluded.event_type, event_source = excluded.event_source,\n"
-"    event_time = excluded.event_time, stream = excluded.stream,\n"
-"    stream_entry_id = excluded.stream_entry_id,\n"
-"    batch_id = coalesce(excluded.batch_id, d.batch_id),\n"
-"    job_id = coalesce(excluded.job_id, d.job_id), updated_at = now()\n"
-/* a failed document is owned again once its retry is due */
-"  WHERE (d.status = 'failed' AND (d.retry_at IS NULL OR d.retry_at <= now()))\n"
-"     OR d.status IN ('observed', 'expired')\n"
-/* our own claim (same stable consumer name: we crashed) or an expired one */
-"     OR (d.status = 'claimed' AND (d.claimed_by = excluded.claimed_by\n"
-"                                   OR d.lease_until < now()))\n"
-/* dead for another entry: a replay from the dead-letter stream */
-"     OR (d.status = 'dead' AND d.stream_entry_id IS DISTINCT FROM excluded.stream_entry_id)\n"
-"     OR (d.status = 'triggered' AND NOT $5::boolean)\n"
-"     OR (d.status = 'triggered' AND $4::float8 > 0\n"
-"         AND d.triggered_at < now() - make_interval(secs => $4::float8 * 3600))\n"
-"  RETURNING d.document_id, d.attempts, d.retries\n"
-")\n"
-/* d is the row as it was before this statement (one snapshot) */
-"SELECT i.document_id,\n"
-"       CASE WHEN u.document_id IS NOT NULL THEN 'owned'\n"
-"            WHEN d.status = 'claimed' THEN 'busy'\n"
-"            WHEN d.status = 'failed' THEN 'wait'\n"
-"            ELSE 'done' END,\n"
-"       coalesce(u.attempts, d.attempts, 0), coalesce(d.status, ''),\n"
-"       coalesce(u.retries, d.retries, 0),\n"
-"       CASE WHEN u.document_id IS NOT NULL THEN 0\n"
-"            ELSE coalesce(greatest(0, ceil(extract(epoch FROM\n"
-"                 CASE WHEN d.status = 'claimed' THEN d.lease_until\n"
-"                      ELSE d.retry_at END - now()) * 1000)), 0)\n"
-"       END::bigint, i.ord,\n"
-"       coalesce(d.stream_entry_id = i.stream_entry_id, false)\n"
-"  FROM input i\n"
-"  LEFT JOIN upsert u USING (document_id)\n"
-"  LEFT JOIN @S@.processed_documents d\n"
-"         ON d.consumer_group = $1 AND d.document_id = i.document_id";
+"SELECT * FROM @S@.claim_documents($1::text, $2::text, $3::integer,\n"
+"    $4::float8, $5::boolean, $6::text[], $7::text[], $8::text[], $9::text[],\n"
+"    $10::timestamptz[], $11::text[], $12::text[], $13::text[], $14::text)";
 
 /*
  * Documents of one request share a delivery row: those of a batch carry
  * the request's key in delivery_key, a lone document its own id.
  */
 static const char sql_record[] =
-"WITH r AS (\n"
-"  SELECT t.*, coalesce(t.delivery_key, t.document_id) AS dkey\n"
-"    FROM unnest($3::text[], $4::text[], $5::int[], $6::float8[],\n"
-"                $7::text[], $8::text[], $9::text[], $10::text[],\n"
-"                $11::text[], $12::text[], $13::text[], $14::boolean[],\n"
-"                $15::float8[], $16::boolean[], $17::text[], $18::text[])\n"
-"    AS t(document_id, status, http_status, latency_ms, remote_job_id, error,\n"
-"         route, method, url, event_id, stream_entry_id, requested,\n"
-"         retry_in_ms, count_retry, outcome, delivery_key)\n"
-"), del AS (\n"
-"  INSERT INTO @S@.deliveries (consumer_group, route, method, url,\n"
-"      idempotency_key, http_status, latency_ms, outcome, remote_job_id,\n"
-"      error, event_id, stream_entry_id, documents)\n"
-"  SELECT $1, min(route), min(method), min(url), dkey, min(http_status),\n"
-"         min(latency_ms), min(outcome), min(remote_job_id), min(error),\n"
-"         min(event_id), stream_entry_id, count(*)\n"
-"    FROM r WHERE requested\n"
-"   GROUP BY dkey, stream_entry_id\n"
-"  RETURNING delivery_id, idempotency_key, stream_entry_id\n"
-")\n"
-"UPDATE @S@.processed_documents d SET\n"
-"  status = r.status,\n"
-"  attempts = d.attempts + CASE WHEN r.requested THEN 1 ELSE 0 END,\n"
-"  retries = d.retries + CASE WHEN r.count_retry THEN 1 ELSE 0 END,\n"
-"  retry_at = CASE WHEN r.status = 'failed' AND r.retry_in_ms IS NOT NULL\n"
-"             THEN now() + make_interval(secs => r.retry_in_ms / 1000) END,\n"
-"  http_status = r.http_status,\n"
-"  remote_job_id = coalesce(r.remote_job_id, d.remote_job_id),\n"
-"  last_error = r.error,\n"
-"  lease_until = NULL,\n"
-"  last_delivery_id = coalesce(del.delivery_id, d.last_delivery_id),\n"
-"  triggered_at = CASE WHEN r.status = 'triggered' THEN now() ELSE d.triggered_at END,\n"
-"  updated_at = now()\n"
-"  FROM r LEFT JOIN del ON del.idempotency_key = r.dkey\n"
-"                      AND del.stream_entry_id IS NOT DISTINCT FROM r.stream_entry_id\n"
-" WHERE d.consumer_group = $1 AND d.document_id = r.document_id\n"
-"   AND d.status = 'claimed' AND d.claimed_by = $2";
+"SELECT @S@.record_documents($1::text, $2::text,\n"
+"    $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],\n"
+"    $9::integer[], $10::float8[], $11::text[], $12::text[], $13::text[],\n"
+"    $14::integer[],\n"
+"    $15::text[], $16::text[], $17::integer[], $18::text[], $19::text[],\n"
+"    $20::integer[], $21::float8[], $22::boolean[])";
 
 static const char sql_note[] =
 "INSERT INTO @S@.processed_documents AS d\n"
@@ -727,11 +803,43 @@ out:
 	return ret;
 }
 
+/*
+ * The request document i went out in: a new one of its own, or for a
+ * batch's documents (delivery_key set) the request with the same key and
+ * entry. reqs[] holds the first document of each request so far; a batch's
+ * documents come together, so the search usually stops at the last one.
+ */
+static size_t
+request_of(const struct ledger_doc *docs, size_t i, const size_t *reqs,
+    size_t nreqs)
+{
+	const struct ledger_doc *d = &docs[i];
+
+	if (d->delivery_key == NULL)
+		return nreqs;
+	for (size_t k = nreqs; k-- > 0;) {
+		const struct ledger_doc *r = &docs[reqs[k]];
+
+		if (r->delivery_key != NULL &&
+		    strcmp(r->delivery_key, d->delivery_key) == 0 &&
+		    strcmp(r->entry_id ? r->entry_id : "",
+		    d->entry_id ? d->entry_id : "") == 0)
+			return k;
+	}
+	return nreqs;
+}
+
+/*
+ * Step 8 in one round trip: a deliveries row per request (the request's
+ * values come from its first document) and every document's outcome.
+ */
 int
 ledger_record(struct ledger *l, struct ledger_doc *docs, size_t n)
 {
-	struct buf a[16];
-	const char *params[18];
+	struct buf a[20];
+	const char *params[22];
+	size_t *reqs, *req_of, nreqs = 0;
+	int *ndocs;
 	char num[64];
 	PGresult *res;
 	int ret = -1;
@@ -740,43 +848,73 @@ ledger_record(struct ledger *l, struct ledger_doc *docs, size_t n)
 		return 0;
 	if (ensure_conn(l) == -1)
 		return -1;
-	arrays_open(a, 16);
+	reqs = xcalloc(n, sizeof(*reqs));
+	req_of = xcalloc(n, sizeof(*req_of));
+	ndocs = xcalloc(n, sizeof(*ndocs));
+	for (size_t i = 0; i < n; i++) {
+		size_t k;
+
+		if (!docs[i].requested) {
+			req_of[i] = SIZE_MAX;
+			continue;
+		}
+		if ((k = request_of(docs, i, reqs, nreqs)) == nreqs)
+			reqs[nreqs++] = i;
+		req_of[i] = k;
+		ndocs[k]++;
+	}
+	arrays_open(a, 20);
+	for (size_t k = 0; k < nreqs; k++) {
+		const struct ledger_doc *d = &docs[reqs[k]];
+
+		array_text(&a[0], d->delivery_key ? d->delivery_key :
+		    d->document_id);
+		array_text(&a[1], d->entry_id);
+		array_text(&a[2], d->event_id);
+		array_text(&a[3], d->route ? d->route : "");
+		array_text(&a[4], d->method ? d->method : "");
+		array_text(&a[5], d->url ? d->url : "");
+		snprintf(num, sizeof(num), "%ld", d->http_status);
+		array_text(&a[6], d->http_status > 0 ? num : NULL);
+		snprintf(num, sizeof(num), "%.3f", d->latency_ms);
+		array_text(&a[7], num);
+		array_text(&a[8], d->outcome ? d->outcome : "permanent");
+		array_text(&a[9], d->remote_job_id);
+		array_text(&a[10], d->error);
+		snprintf(num, sizeof(num), "%d", ndocs[k]);
+		array_text(&a[11], num);
+	}
 	for (size_t i = 0; i < n; i++) {
 		const struct ledger_doc *d = &docs[i];
 
-		array_text(&a[0], d->document_id);
-		array_text(&a[1], ledger_status_name(d->status));
+		array_text(&a[12], d->document_id);
+		array_text(&a[13], ledger_status_name(d->status));
 		snprintf(num, sizeof(num), "%ld", d->http_status);
-		array_text(&a[2], d->http_status > 0 ? num : NULL);
-		snprintf(num, sizeof(num), "%.3f", d->latency_ms);
-		array_text(&a[3], d->requested ? num : NULL);
-		array_text(&a[4], d->remote_job_id);
-		array_text(&a[5], d->error);
-		array_text(&a[6], d->route ? d->route : "");
-		array_text(&a[7], d->method ? d->method : "");
-		array_text(&a[8], d->url ? d->url : "");
-		array_text(&a[9], d->event_id);
-		array_text(&a[10], d->entry_id);
-		array_text(&a[11], d->requested ? "true" : "false");
+		array_text(&a[14], d->http_status > 0 ? num : NULL);
+		array_text(&a[15], d->remote_job_id);
+		array_text(&a[16], d->error);
+		snprintf(num, sizeof(num), "%zu", req_of[i] + 1);
+		array_text(&a[17], req_of[i] != SIZE_MAX ? num : NULL);
 		snprintf(num, sizeof(num), "%lld", d->retry_in_ms);
-		array_text(&a[12], d->status == LEDGER_FAILED &&
+		array_text(&a[18], d->status == LEDGER_FAILED &&
 		    d->retry_in_ms >= 0 ? num : NULL);
-		array_text(&a[13], d->count_retry ? "true" : "false");
-		array_text(&a[14], d->outcome ? d->outcome : "permanent");
-		array_text(&a[15], d->delivery_key);
+		array_text(&a[19], d->count_retry ? "true" : "false");
 	}
-	arrays_close(a, 16, params + 2);
+	arrays_close(a, 20, params + 2);
 	params[0] = l->group;
 	params[1] = l->consumer;
-	res = PQexecParams(l->conn, l->sql_record, 18, NULL, params, NULL,
+	res = PQexecParams(l->conn, l->sql_record, 22, NULL, params, NULL,
 	    NULL, 0);
-	arrays_free(a, 16);
-	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+	arrays_free(a, 20);
+	free(reqs);
+	free(req_of);
+	free(ndocs);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
 		log_warnx("ledger: record failed: %s", pg_error(l->conn, res));
 	else {
-		if ((size_t)atol(PQcmdTuples(res)) != n)
+		if ((size_t)atol(PQgetvalue(res, 0, 0)) != n)
 			log_warnx("ledger: recorded %s of %zu documents (claims "
-			    "taken over meanwhile)", PQcmdTuples(res), n);
+			    "taken over meanwhile)", PQgetvalue(res, 0, 0), n);
 		ret = 0;
 	}
 	PQclear(res);

@@ -31,6 +31,7 @@ struct transfer {
 	long		 retry_after_s;
 	bool		 truncated;
 	bool		 done;
+	size_t		 req;		/* the request it carries */
 	struct curl_slist *headers;
 	long long	 started_ms;
 };
@@ -40,6 +41,8 @@ struct trigger {
 	CURLM			*multi;
 	struct transfer		*pool;
 	size_t			 npool;
+	void			(*tick)(void *);
+	void			*tick_arg;
 };
 
 static int curl_initialised;
@@ -71,6 +74,13 @@ trigger_new(const struct config *cfg)
 	if ((t->multi = curl_multi_init()) == NULL)
 		fatalx("trigger: curl_multi_init failed");
 	return t;
+}
+
+void
+trigger_on_tick(struct trigger *t, void (*fn)(void *), void *arg)
+{
+	t->tick = fn;
+	t->tick_arg = arg;
 }
 
 void
@@ -285,26 +295,54 @@ transfer_setup(struct trigger *t, struct transfer *x, const struct request *rq)
 		curl_easy_setopt(e, CURLOPT_CAINFO, cfg->nlp_api.ca_file);
 }
 
+/* Request i goes out on pool slot x. */
+static void
+start(struct trigger *t, struct transfer *x, const struct request *reqs,
+    size_t i, struct trigger_result *results)
+{
+	memset(&results[i], 0, sizeof(results[i]));
+	results[i].retry_after_s = -1;
+	/* Until a transfer completes, it has not succeeded. */
+	results[i].outcome = TRIGGER_TRANSIENT;
+	x->req = i;
+	x->done = false;
+	transfer_setup(t, x, &reqs[i]);
+	x->started_ms = now_mono_ms();
+	curl_multi_add_handle(t->multi, x->easy);
+}
+
+/* Slot x is finished with: free what its request needed. */
+static void
+finish(struct trigger *t, struct transfer *x)
+{
+	curl_multi_remove_handle(t->multi, x->easy);
+	curl_slist_free_all(x->headers);
+	x->headers = NULL;
+	/* Drop large response buffers; keep small ones for reuse. */
+	if (x->body.cap > 65536)
+		buf_free(&x->body);
+}
+
+/*
+ * At most max_in_flight requests are out at once (a sliding window, not
+ * waves: a slow answer holds up one slot, not the next group); each slot
+ * keeps its easy handle, and the multi handle its connections.
+ */
 void
 trigger_run(struct trigger *t, const struct request *reqs, size_t n,
     struct trigger_result *results)
 {
+	size_t window = (size_t)t->cfg->nlp_api.max_in_flight, next = 0;
 	int running = 0, msgs;
 	CURLMsg *m;
 
 	if (n == 0)
 		return;
-	pool_grow(t, n);
-	for (size_t i = 0; i < n; i++) {
-		memset(&results[i], 0, sizeof(results[i]));
-		results[i].retry_after_s = -1;
-		/* Until a transfer completes, it has not succeeded. */
-		results[i].outcome = TRIGGER_TRANSIENT;
-		t->pool[i].done = false;
-		transfer_setup(t, &t->pool[i], &reqs[i]);
-		t->pool[i].started_ms = now_mono_ms();
-		curl_multi_add_handle(t->multi, t->pool[i].easy);
-	}
+	if (window == 0 || window > n)
+		window = n;
+	pool_grow(t, window);
+	for (; next < window; next++)
+		start(t, &t->pool[next], reqs, next, results);
 
 	do {
 		CURLMcode mc = curl_multi_perform(t->multi, &running);
@@ -323,7 +361,7 @@ trigger_run(struct trigger *t, const struct request *reqs, size_t n,
 				continue;
 			curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE,
 			    (char **)&x);
-			i = (size_t)(x - t->pool);
+			i = x->req;
 			x->done = true;
 			results[i].latency_ms = (double)(now_mono_ms() -
 			    x->started_ms);
@@ -333,28 +371,44 @@ trigger_run(struct trigger *t, const struct request *reqs, size_t n,
 				results[i].outcome = TRIGGER_TRANSIENT;
 				results[i].error = xasprintf("%s",
 				    curl_easy_strerror(m->data.result));
-				continue;
+			} else {
+				curl_easy_getinfo(m->easy_handle,
+				    CURLINFO_RESPONSE_CODE, &status);
+				trigger_classify(status, x->body.data,
+				    x->body.len, reqs[i].route ?
+				    reqs[i].route->success_field : NULL,
+				    reqs[i].route ?
+				    reqs[i].route->job_id_field : NULL,
+				    &results[i]);
+				results[i].retry_after_s = x->retry_after_s;
 			}
-			curl_easy_getinfo(m->easy_handle,
-			    CURLINFO_RESPONSE_CODE, &status);
-			trigger_classify(status, x->body.data, x->body.len,
-			    reqs[i].route ? reqs[i].route->success_field : NULL,
-			    reqs[i].route ? reqs[i].route->job_id_field : NULL,
-			    &results[i]);
-			results[i].retry_after_s = x->retry_after_s;
+			/* m is invalid once its handle is removed. */
+			finish(t, x);
+			if (next < n) {
+				start(t, x, reqs, next++, results);
+				running++;
+			}
 		}
 		if (running > 0)
 			curl_multi_poll(t->multi, NULL, 0, 1000, NULL);
+		if (t->tick != NULL)
+			t->tick(t->tick_arg);
 	} while (running > 0);
 
-	for (size_t i = 0; i < n; i++) {
-		if (!t->pool[i].done)
-			results[i].error = xstrdup("transfer did not complete");
-		curl_multi_remove_handle(t->multi, t->pool[i].easy);
-		curl_slist_free_all(t->pool[i].headers);
-		t->pool[i].headers = NULL;
-		/* Drop large response buffers; keep small ones for reuse. */
-		if (t->pool[i].body.cap > 65536)
-			buf_free(&t->pool[i].body);
+	/* Only after an error: what is still out did not complete. */
+	for (size_t k = 0; k < window; k++) {
+		struct transfer *x = &t->pool[k];
+
+		if (x->done)
+			continue;
+		results[x->req].error = xstrdup("transfer did not complete");
+		finish(t, x);
+		x->done = true;
+	}
+	for (; next < n; next++) {
+		memset(&results[next], 0, sizeof(results[next]));
+		results[next].retry_after_s = -1;
+		results[next].outcome = TRIGGER_TRANSIENT;
+		results[next].error = xstrdup("transfer did not start");
 	}
 }

@@ -172,6 +172,13 @@ beat(const struct worker *w)
 		w->opts->shm->heartbeat_ms = now_mono_ms();
 }
 
+/* The trigger's tick: a read still sending requests is not a hang. */
+static void
+beat_tick(void *arg)
+{
+	beat(arg);
+}
+
 /* Sleeps up to ms, waking early when told to stop; a nap is not a hang. */
 static void
 nap(const struct worker *w, long long ms)
@@ -915,7 +922,7 @@ trigger(struct worker *w, struct item *items, size_t n)
 {
 	struct request *reqs;
 	struct trigger_result *res;
-	size_t k = 0, wave;
+	size_t k = 0;
 	/* Probes of an open circuit do not use up an entry's retries. */
 	bool counted = w->circuit.state == CIRCUIT_CLOSED;
 
@@ -935,16 +942,8 @@ trigger(struct worker *w, struct item *items, size_t n)
 		for (size_t p = 0; items[i].batch && p < items[i].nparts; p++)
 			reqs[k++] = items[i].parts[p].req;
 	}
-	/*
-	 * At most max(16, batch_size) requests at once (256 at most): a big
-	 * batch file's requests go in waves, each with its whole timeout,
-	 * rather than a connection each.
-	 */
-	wave = (size_t)w->cfg->batch_size < 16 ? 16 :
-	    (size_t)w->cfg->batch_size > 256 ? 256 : (size_t)w->cfg->batch_size;
-	for (size_t from = 0; from < k; from += wave)
-		trigger_run(w->trigger, reqs + from, k - from < wave ? k - from :
-		    wave, res + from);
+	/* At most nlp_api.max_in_flight at once, each with its timeout. */
+	trigger_run(w->trigger, reqs, k, res);
 	k = 0;
 	for (size_t i = 0; i < n; i++) {
 		struct item *it = &items[i];
@@ -1873,6 +1872,7 @@ worker_init(struct worker *w, const struct config *cfg,
 	w->ledger = ledger_new(cfg->ledger.dsn, cfg->ledger.schema,
 	    cfg->consumer_group, w->consumer, cfg->source_stream);
 	w->trigger = trigger_new(cfg);
+	trigger_on_tick(w->trigger, beat_tick, w);
 	if ((w->no_documents = cJSON_CreateArray()) == NULL)
 		fatalx("worker: out of memory");
 	w->m = m;
