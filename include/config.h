@@ -100,7 +100,7 @@ struct config {
 		char		*base_url;	/* default "http://127.0.0.1:8000" */
 		int		 timeout_ms;	/* default 30000 */
 		int		 connect_timeout_ms; /* default 5000 */
-		int		 max_in_flight;	/* per worker; default 16 */
+		int		 max_in_flight;	/* per worker; default 64 */
 		struct header	*headers;
 		size_t		 nheaders;
 		char		*ca_file;	/* optional */

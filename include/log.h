@@ -48,4 +48,13 @@ void	fatal(const char *, ...) __attribute__((format(printf, 1, 2), noreturn));
  */
 void	log_event(enum log_level, const char *name, ...);
 
+/*
+ * log_hold() keeps the lines that follow in memory until log_release()
+ * writes them with one write(2) (a worker's round logs one line per
+ * event); they are written early past 64 KiB, and by fatal()/fatalx().
+ */
+void	log_hold(void);
+void	log_release(void);
+void	log_release_held(void);
+
 #endif

@@ -15,6 +15,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -193,6 +194,17 @@ utf8_valid(const char *s, size_t n)
 	size_t l;
 
 	while (n > 0) {
+		/* ASCII, eight bytes at a time: most text is. */
+		if (n >= 8) {
+			uint64_t word;
+
+			memcpy(&word, p, sizeof(word));
+			if ((word & UINT64_C(0x8080808080808080)) == 0) {
+				p += 8;
+				n -= 8;
+				continue;
+			}
+		}
 		if ((l = utf8_next(p, n, &cp)) == 0)
 			return false;
 		p += l;

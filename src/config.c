@@ -1475,7 +1475,7 @@ config_defaults(struct config *cfg)
 	cfg->nlp_api.base_url = xstrdup("http://127.0.0.1:8000");
 	cfg->nlp_api.timeout_ms = 30000;
 	cfg->nlp_api.connect_timeout_ms = 5000;
-	cfg->nlp_api.max_in_flight = 16;
+	cfg->nlp_api.max_in_flight = 64;
 	cfg->nlp_api.verify_tls = true;
 
 	cfg->ledger.dsn = xstrdup("");

@@ -29,7 +29,13 @@ static struct {
 	int		 fd;
 	log_hook_fn	 hook;
 	void		*hook_arg;
-} lg = { "stagerelay", LOG_INFO, LOG_FMT_LOGFMT, NULL, 2, NULL, NULL };
+	bool		 holding;	/* log_hold(): lines wait in held */
+	struct buf	 held;
+} lg = { "stagerelay", LOG_INFO, LOG_FMT_LOGFMT, NULL, 2, NULL, NULL,
+    false, { NULL, 0, 0 } };
+
+/* Past this many bytes held lines are written at once. */
+#define HELD_MAX	(64 * 1024)
 
 static const char *level_names[] = { "debug", "info", "warn", "error" };
 
@@ -129,6 +135,17 @@ put_value(struct buf *b, const char *v)
 			buf_putc(b, '"');
 	}
 	for (p = (const unsigned char *)v; *p; p++) {
+		const unsigned char *q = p;
+
+		/* A run that needs no escaping goes in at once. */
+		while (*q >= 0x20 && *q != '"' && *q != '\\')
+			q++;
+		if (q > p) {
+			buf_append(b, (const char *)p, (size_t)(q - p));
+			p = q;
+			if (*p == '\0')
+				break;
+		}
 		switch (*p) {
 		case '"':
 			buf_puts(b, "\\\"");
@@ -186,18 +203,18 @@ line_start(struct buf *b, enum log_level level, const char *msg)
 	put_pair(b, "msg", msg);
 }
 
+/*
+ * One write per line, or per group of whole lines, so that lines from
+ * several processes do not mix.
+ */
 static void
-line_end(struct buf *b)
+write_all(const char *data, size_t len)
 {
 	ssize_t w;
 	size_t off = 0;
 
-	if (lg.format == LOG_FMT_JSON)
-		buf_putc(b, '}');
-	buf_putc(b, '\n');
-	/* One write per line so lines from several processes do not mix. */
-	while (off < b->len) {
-		w = write(lg.fd, b->data + off, b->len - off);
+	while (off < len) {
+		w = write(lg.fd, data + off, len - off);
 		if (w <= 0) {
 			if (w == -1 && errno == EINTR)
 				continue;
@@ -205,7 +222,42 @@ line_end(struct buf *b)
 		}
 		off += (size_t)w;
 	}
+}
+
+static void
+line_end(struct buf *b)
+{
+	if (lg.format == LOG_FMT_JSON)
+		buf_putc(b, '}');
+	buf_putc(b, '\n');
+	if (lg.holding && b->len < HELD_MAX) {
+		if (lg.held.len + b->len > HELD_MAX)
+			log_release_held();
+		buf_append(&lg.held, b->data, b->len);
+	} else
+		write_all(b->data, b->len);
 	buf_free(b);
+}
+
+void
+log_hold(void)
+{
+	lg.holding = true;
+}
+
+void
+log_release_held(void)
+{
+	if (lg.held.len > 0)
+		write_all(lg.held.data, lg.held.len);
+	buf_reset(&lg.held);
+}
+
+void
+log_release(void)
+{
+	log_release_held();
+	lg.holding = false;
 }
 
 static void
@@ -278,6 +330,7 @@ fatalx(const char *fmt, ...)
 {
 	va_list ap;
 
+	log_release();
 	va_start(ap, fmt);
 	vlog(LOG_ERROR, 0, fmt, ap);
 	va_end(ap);
@@ -289,6 +342,7 @@ fatal(const char *fmt, ...)
 {
 	va_list ap;
 
+	log_release();
 	va_start(ap, fmt);
 	vlog(LOG_ERROR, 1, fmt, ap);
 	va_end(ap);

@@ -43,6 +43,8 @@ struct trigger {
 	size_t			 npool;
 	void			(*tick)(void *);
 	void			*tick_arg;
+	char			**headers;	/* nlp_api.headers, "Name: value" */
+	size_t			 nheaders;
 };
 
 static int curl_initialised;
@@ -73,6 +75,11 @@ trigger_new(const struct config *cfg)
 	t->cfg = cfg;
 	if ((t->multi = curl_multi_init()) == NULL)
 		fatalx("trigger: curl_multi_init failed");
+	t->nheaders = cfg->nlp_api.nheaders;
+	t->headers = xcalloc(t->nheaders + 1, sizeof(*t->headers));
+	for (size_t i = 0; i < t->nheaders; i++)
+		t->headers[i] = xasprintf("%s: %s", cfg->nlp_api.headers[i].name,
+		    cfg->nlp_api.headers[i].value);
 	return t;
 }
 
@@ -93,6 +100,12 @@ trigger_free(struct trigger *t)
 		buf_free(&t->pool[i].body);
 	}
 	free(t->pool);
+	for (size_t i = 0; i < t->nheaders; i++) {
+		/* They hold secrets (Authorization). */
+		explicit_bzero(t->headers[i], strlen(t->headers[i]));
+		free(t->headers[i]);
+	}
+	free(t->headers);
 	curl_multi_cleanup(t->multi);
 	free(t);
 }
@@ -225,6 +238,26 @@ trigger_classify(long status, const char *body, size_t bodylen,
 	cJSON_Delete(json);
 }
 
+/* What every request of this handle shares: set once, not per request. */
+static void
+handle_init(struct trigger *t, CURL *e)
+{
+	const struct config *cfg = t->cfg;
+
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)cfg->nlp_api.timeout_ms);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+	    (long)cfg->nlp_api.connect_timeout_ms);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(e, CURLOPT_USERAGENT, "stagerelay/" PACKAGE_VERSION);
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, cfg->nlp_api.verify_tls ? 1L : 0L);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, cfg->nlp_api.verify_tls ? 2L : 0L);
+	if (cfg->nlp_api.ca_file != NULL && *cfg->nlp_api.ca_file != '\0')
+		curl_easy_setopt(e, CURLOPT_CAINFO, cfg->nlp_api.ca_file);
+}
+
 static void
 pool_grow(struct trigger *t, size_t n)
 {
@@ -236,6 +269,15 @@ pool_grow(struct trigger *t, size_t n)
 		if ((t->pool[i].easy = curl_easy_init()) == NULL)
 			fatalx("trigger: curl_easy_init failed");
 		buf_init(&t->pool[i].body);
+		handle_init(t, t->pool[i].easy);
+	}
+	/* The array may have moved: every handle learns its slot again. */
+	for (size_t i = 0; i < n; i++) {
+		struct transfer *x = &t->pool[i];
+
+		curl_easy_setopt(x->easy, CURLOPT_WRITEDATA, x);
+		curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, x);
+		curl_easy_setopt(x->easy, CURLOPT_PRIVATE, x);
 	}
 	t->npool = n;
 }
@@ -243,11 +285,9 @@ pool_grow(struct trigger *t, size_t n)
 static void
 transfer_setup(struct trigger *t, struct transfer *x, const struct request *rq)
 {
-	const struct config *cfg = t->cfg;
 	CURL *e = x->easy;
 	char *h;
 
-	curl_easy_reset(e);
 	buf_reset(&x->body);
 	x->retry_after_s = -1;
 	x->truncated = false;
@@ -262,37 +302,20 @@ transfer_setup(struct trigger *t, struct transfer *x, const struct request *rq)
 	free(h);
 	for (size_t i = 0; i < rq->nheaders; i++)
 		x->headers = curl_slist_append(x->headers, rq->headers[i]);
-	for (size_t i = 0; i < cfg->nlp_api.nheaders; i++) {
-		h = xasprintf("%s: %s", cfg->nlp_api.headers[i].name,
-		    cfg->nlp_api.headers[i].value);
-		x->headers = curl_slist_append(x->headers, h);
-		free(h);
-	}
+	for (size_t i = 0; i < t->nheaders; i++)
+		x->headers = curl_slist_append(x->headers, t->headers[i]);
 	/* Suppress "Expect: 100-continue": one round trip, not two. */
 	x->headers = curl_slist_append(x->headers, "Expect:");
 
+	/* The handle keeps the last request's options: set all that vary. */
 	curl_easy_setopt(e, CURLOPT_URL, rq->url);
-	curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, rq->method);
 	if (strcmp(rq->method, "GET") != 0 && strcmp(rq->method, "DELETE") != 0) {
 		curl_easy_setopt(e, CURLOPT_POSTFIELDS, rq->body ? rq->body : "");
 		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)rq->bodylen);
-	}
+	} else
+		curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+	curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, rq->method);
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
-	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)cfg->nlp_api.timeout_ms);
-	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
-	    (long)cfg->nlp_api.connect_timeout_ms);
-	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-	curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-	curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
-	curl_easy_setopt(e, CURLOPT_PRIVATE, x);
-	curl_easy_setopt(e, CURLOPT_USERAGENT, "stagerelay/" PACKAGE_VERSION);
-	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, cfg->nlp_api.verify_tls ? 1L : 0L);
-	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, cfg->nlp_api.verify_tls ? 2L : 0L);
-	if (cfg->nlp_api.ca_file != NULL && *cfg->nlp_api.ca_file != '\0')
-		curl_easy_setopt(e, CURLOPT_CAINFO, cfg->nlp_api.ca_file);
 }
 
 /* Request i goes out on pool slot x. */

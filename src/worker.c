@@ -1289,6 +1289,7 @@ process(struct worker *w, const struct stream_entry *entries, size_t n)
 	dead_letter(w, items, n);
 	acknowledge(w, items, n);			/* step 9 */
 
+	log_hold();				/* one write for the round */
 	for (size_t i = 0; i < n; i++) {
 		if (items[i].fate == FATE_PENDING)
 			hold(w, items[i].entry, items[i].retry_ms);
@@ -1296,6 +1297,7 @@ process(struct worker *w, const struct stream_entry *entries, size_t n)
 		count(w, &items[i]);
 		item_clear(&items[i]);
 	}
+	log_release();
 	free(items);
 	free(docs);
 	free(map);

@@ -174,7 +174,7 @@ START_TEST(test_minimal_defaults)
 	ck_assert_str_eq(c.nlp_api.base_url, "http://127.0.0.1:8000");
 	ck_assert_int_eq(c.nlp_api.timeout_ms, 30000);
 	ck_assert_int_eq(c.nlp_api.connect_timeout_ms, 5000);
-	ck_assert_int_eq(c.nlp_api.max_in_flight, 16);
+	ck_assert_int_eq(c.nlp_api.max_in_flight, 64);
 	ck_assert_uint_eq(c.nlp_api.nheaders, 0);
 	ck_assert_ptr_null(c.nlp_api.ca_file);
 	ck_assert(c.nlp_api.verify_tls);
