@@ -32,9 +32,9 @@ struct trigger	*trigger_new(const struct config *);
 void		 trigger_free(struct trigger *);
 
 /*
- * Called at least once a second while trigger_run() waits on requests, so
- * a long read (many requests through the window) still shows its worker
- * alive.
+ * Called each time one of trigger_run()'s requests completes: a read with
+ * more requests than the window shows its worker alive while they keep
+ * completing, and a request that stalls (no completion) does not.
  */
 void	trigger_on_tick(struct trigger *, void (*)(void *), void *);
 

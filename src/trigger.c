@@ -407,6 +407,8 @@ trigger_run(struct trigger *t, const struct request *reqs, size_t n,
 			}
 			/* m is invalid once its handle is removed. */
 			finish(t, x);
+			if (t->tick != NULL)
+				t->tick(t->tick_arg);
 			if (next < n) {
 				start(t, x, reqs, next++, results);
 				running++;
@@ -414,8 +416,6 @@ trigger_run(struct trigger *t, const struct request *reqs, size_t n,
 		}
 		if (running > 0)
 			curl_multi_poll(t->multi, NULL, 0, 1000, NULL);
-		if (t->tick != NULL)
-			t->tick(t->tick_arg);
 	} while (running > 0);
 
 	/* Only after an error: what is still out did not complete. */

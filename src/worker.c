@@ -172,7 +172,7 @@ beat(const struct worker *w)
 		w->opts->shm->heartbeat_ms = now_mono_ms();
 }
 
-/* The trigger's tick: a read still sending requests is not a hang. */
+/* The trigger's tick: a read whose requests keep completing is alive. */
 static void
 beat_tick(void *arg)
 {
