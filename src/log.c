@@ -10,10 +10,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -245,11 +247,36 @@ log_hold(void)
 	lg.holding = true;
 }
 
+/*
+ * A write to a file opened for appending lands whole. A pipe or socket
+ * that other processes write to too (standard error under a container or
+ * a pipeline) only keeps writes of up to PIPE_BUF bytes apart: there the
+ * held lines go out in runs of whole lines of at most that size.
+ */
 void
 log_release_held(void)
 {
-	if (lg.held.len > 0)
-		write_all(lg.held.data, lg.held.len);
+	struct stat st;
+	const char *p = lg.held.data, *end = lg.held.data + lg.held.len;
+
+	if (lg.held.len == 0)
+		return;
+	if (fstat(lg.fd, &st) == 0 && S_ISREG(st.st_mode)) {
+		write_all(p, lg.held.len);
+		buf_reset(&lg.held);
+		return;
+	}
+	while (p < end) {
+		const char *run = p, *nl;
+
+		/* Whole lines while they fit; a longer line goes alone. */
+		while (p < end && (nl = memchr(p, '\n', (size_t)(end - p))) !=
+		    NULL && (nl + 1 - run <= PIPE_BUF || p == run))
+			p = nl + 1;
+		if (p == run)		/* no newline left: cannot happen */
+			p = end;
+		write_all(run, (size_t)(p - run));
+	}
 	buf_reset(&lg.held);
 }
 
