@@ -139,6 +139,8 @@ struct config {
 
 	struct pending_key *pending;	/* keys set but not in effect yet */
 	size_t		 npending;
+	char		**warnings;	/* secrets readable by others: */
+	size_t		 nwarnings;	/* see config_warn_secrets() */
 };
 
 /*
@@ -162,6 +164,13 @@ char	*config_redacted_dsn(const char *dsn);
 
 /* Logs one warning per key in cfg->pending ("accepted, not yet in effect"). */
 void	 config_warn_pending(const struct config *);
+
+/*
+ * Logs cfg->warnings: the config file holds a secret (redis_password, a
+ * password in ledger.dsn, an nlp_api.headers value, as written and not
+ * from ${VAR}) or a *_file secret file, and others may read it.
+ */
+void	 config_warn_secrets(const struct config *);
 
 /* Route for an event type, or NULL. */
 const struct route *config_route_for(const struct config *, const char *type);

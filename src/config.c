@@ -23,6 +23,8 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
+#include <grp.h>
+#include <sys/stat.h>
 
 #include <yaml.h>
 #include <cJSON.h>
@@ -274,6 +276,9 @@ struct loader {
 	size_t			 nseen;
 	struct secret_file	*secrets;
 	size_t			 nsecrets;
+	char			**literal;	/* keys whose secret is in the file */
+	size_t			 nliteral;
+	bool			 from_file;	/* name is a file to stat */
 	bool			 routes_given;
 	bool			 stream_from_env;
 	int			 section_line;
@@ -287,6 +292,8 @@ struct loader {
 
 static int	parse_map(struct loader *, void *, const struct kdef *,
 		    yaml_node_t *, const char *);
+static void	literal_note(struct loader *, const char *, const char *,
+		    const yaml_node_t *);
 
 /* ---- errors ----------------------------------------------------------- */
 
@@ -962,6 +969,8 @@ parse_headers(struct loader *ld, struct config *cfg, yaml_node_t *v,
 		if (r == 0 && strpbrk(h->value, "\r\n") != NULL)
 			r = lerr(ld, vn, "%s: value must not hold a line break",
 			    hkey);
+		if (r == 0)
+			literal_note(ld, hkey, hkey, vn);
 		free(hkey);
 		if (r == -1)
 			return -1;
@@ -1412,8 +1421,10 @@ parse_map(struct loader *ld, void *base, const struct kdef *defs,
 		}
 		seen_add(ld, canon, written, kn);
 		r = parse_value(ld, base, k, vn, written);
-		if (r == 0)
+		if (r == 0) {
 			pending_note(ld, canon, written, kn);
+			literal_note(ld, canon, written, vn);
+		}
 		free(canon);
 		free(written);
 		if (r == -1)
@@ -1532,7 +1543,8 @@ read_secret(struct loader *ld, const char *file, const char *key, int line,
  * understood; the caller then shows none of it.
  */
 static int
-dsn_scan(const char *dsn, struct buf *red, bool *has_password)
+dsn_scan_pw(const char *dsn, struct buf *red, bool *has_password,
+    const char **pw, size_t *pwlen)
 {
 	const char *p = dsn;
 
@@ -1552,6 +1564,10 @@ dsn_scan(const char *dsn, struct buf *red, bool *has_password)
 			colon = memchr(auth, ':', (size_t)(at - auth));
 			if (colon != NULL) {
 				*has_password = true;
+				if (pw != NULL) {
+					*pw = colon + 1;
+					*pwlen = (size_t)(at - colon - 1);
+				}
 				if (red != NULL) {
 					buf_append(red, auth,
 					    (size_t)(colon + 1 - auth));
@@ -1576,6 +1592,10 @@ dsn_scan(const char *dsn, struct buf *red, bool *has_password)
 			p++;
 			if (strncmp(p, "password=", 9) == 0) {
 				*has_password = true;
+				if (pw != NULL) {
+					*pw = p + 9;
+					*pwlen = strcspn(p + 9, "&#");
+				}
 				if (red != NULL)
 					buf_puts(red, "password=" REDACTED);
 				p += 9 + strcspn(p + 9, "&#");
@@ -1621,6 +1641,10 @@ dsn_scan(const char *dsn, struct buf *red, bool *has_password)
 			buf_putc(red, ' ');
 		if (kwlen == 8 && strncmp(kw, "password", 8) == 0) {
 			*has_password = true;
+			if (pw != NULL) {
+				*pw = val;
+				*pwlen = (size_t)(p - val);
+			}
 			if (red != NULL)
 				buf_puts(red, "password=" REDACTED);
 		} else if (red != NULL) {
@@ -1629,6 +1653,155 @@ dsn_scan(const char *dsn, struct buf *red, bool *has_password)
 			buf_append(red, val, (size_t)(p - val));
 		}
 	}
+}
+
+static int
+dsn_scan(const char *dsn, struct buf *red, bool *has_password)
+{
+	return dsn_scan_pw(dsn, red, has_password, NULL, NULL);
+}
+
+/* ---- secrets readable by others --------------------------------------- */
+
+/*
+ * True when a value as written in the file (before ${...} expansion)
+ * holds a secret itself: it is not empty and takes no part from the
+ * environment. "Bearer ${TOKEN}" keeps its secret in the environment.
+ */
+static bool
+literal_secret(const char *text, size_t len)
+{
+	if (len == 0)
+		return false;
+	for (size_t i = 0; i + 1 < len; i++) {
+		if (text[i] != '$')
+			continue;
+		if (text[i + 1] == '{')
+			return false;
+		if (text[i + 1] == '$')
+			i++;		/* $$ is a literal $ */
+	}
+	return true;
+}
+
+/* Remembers key when its value, as written, is a secret. */
+static void
+literal_note(struct loader *ld, const char *canon, const char *written,
+    const yaml_node_t *v)
+{
+	const char *text, *pw = NULL;
+	size_t len, pwlen = 0;
+	bool has;
+
+	if (v->type != YAML_SCALAR_NODE)
+		return;
+	text = scalar_text(v);
+	len = v->data.scalar.length;
+	if (strcmp(canon, SECTION ".ledger.dsn") == 0) {
+		/* Only the password part of the DSN is a secret. */
+		if (dsn_scan_pw(text, NULL, &has, &pw, &pwlen) == -1 || !has ||
+		    pw == NULL || !literal_secret(pw, pwlen))
+			return;
+	} else if (strcmp(canon, SECTION ".redis_password") != 0 &&
+	    strncmp(canon, SECTION ".nlp_api.headers.",
+	    strlen(SECTION ".nlp_api.headers.")) != 0)
+		return;
+	else if (!literal_secret(text, len))
+		return;
+	ld->literal = xreallocarray(ld->literal, ld->nliteral + 1,
+	    sizeof(*ld->literal));
+	ld->literal[ld->nliteral++] = xstrdup(written);
+}
+
+static void __attribute__((format(printf, 2, 3)))
+add_warning(struct config *cfg, const char *fmt, ...)
+{
+	va_list ap;
+	char *m;
+
+	va_start(ap, fmt);
+	if (vasprintf(&m, fmt, ap) == -1)
+		fatalx("config: out of memory");
+	va_end(ap);
+	cfg->warnings = xreallocarray(cfg->warnings, cfg->nwarnings + 1,
+	    sizeof(*cfg->warnings));
+	cfg->warnings[cfg->nwarnings++] = m;
+}
+
+/*
+ * Who else may read a file: "others" (S_IROTH), or "group NAME" when it
+ * is group-readable by a group this process is not in. Root is exempt
+ * from the group test: it starts the daemon for the -u user, whose
+ * group the file is rightly given to (root:stagerelay 0640).
+ */
+static const char *
+readers(const struct stat *st, char *grp, size_t grplen)
+{
+	gid_t groups[256];
+	struct group *gr;
+	int n;
+
+	if (st->st_mode & S_IROTH)
+		return "others";
+	if (!(st->st_mode & S_IRGRP) || geteuid() == 0 ||
+	    st->st_gid == getegid())
+		return NULL;
+	n = getgroups((int)(sizeof(groups) / sizeof(groups[0])), groups);
+	for (int i = 0; i < n; i++)
+		if (groups[i] == st->st_gid)
+			return NULL;
+	if ((gr = getgrgid(st->st_gid)) != NULL)
+		snprintf(grp, grplen, "group %s", gr->gr_name);
+	else
+		snprintf(grp, grplen, "group %u", (unsigned)st->st_gid);
+	return grp;
+}
+
+static void
+perm_warn(struct config *cfg, const char *file, const char *keys,
+    bool secret_file)
+{
+	struct stat st;
+	const char *who;
+	char grp[300];
+
+	if (stat(file, &st) == -1 || (who = readers(&st, grp,
+	    sizeof(grp))) == NULL)
+		return;
+	if (secret_file)
+		add_warning(cfg, "config: %s: %s holds a secret and is "
+		    "readable by %s (mode %04o); %s %s", keys, file, who,
+		    (unsigned)(st.st_mode & 07777), who[0] == 'o' ?
+		    "chmod o-r" : "chmod g-r (or chgrp it to the group "
+		    "stagerelay runs as)", file);
+	else
+		add_warning(cfg, "config: %s holds a secret (%s) and is "
+		    "readable by %s (mode %04o); %s %s", file, keys, who,
+		    (unsigned)(st.st_mode & 07777), who[0] == 'o' ?
+		    "chmod o-r" : "chmod g-r (or chgrp it to the group "
+		    "stagerelay runs as)", file);
+}
+
+static void
+check_permissions(struct loader *ld, struct config *cfg)
+{
+	if (ld->from_file && ld->nliteral > 0) {
+		struct buf b;
+
+		buf_init(&b);
+		for (size_t i = 0; i < ld->nliteral; i++) {
+			if (i > 0)
+				buf_puts(&b, ", ");
+			buf_puts(&b, ld->literal[i]);
+		}
+		perm_warn(cfg, ld->name, b.data, false);
+		buf_free(&b);
+	}
+	for (size_t i = 0; i < ld->nsecrets; i++)
+		perm_warn(cfg, ld->secrets[i].file, ld->secrets[i].key, true);
+	if (cfg->ledger.password_file != NULL)
+		perm_warn(cfg, cfg->ledger.password_file,
+		    SECTION ".ledger.password_file", true);
 }
 
 /* ledger.password_file joins the DSN, so the ledger needs one string. */
@@ -1841,14 +2014,17 @@ finish(struct loader *ld, struct config *cfg)
 		return -1;
 	if (apply_env_overrides(ld, cfg) == -1)
 		return -1;
-	return validate(ld, cfg);
+	if (validate(ld, cfg) == -1)
+		return -1;
+	check_permissions(ld, cfg);
+	return 0;
 }
 
 /* ---- loading ---------------------------------------------------------- */
 
 static int
-load_parser(const char *name, yaml_parser_t *parser, struct config *out,
-    char *err, size_t errlen)
+load_parser(const char *name, bool from_file, yaml_parser_t *parser,
+    struct config *out, char *err, size_t errlen)
 {
 	yaml_document_t doc;
 	yaml_node_t *root, *section = NULL, *sectkey = NULL;
@@ -1861,6 +2037,7 @@ load_parser(const char *name, yaml_parser_t *parser, struct config *out,
 	ld.err = err;
 	ld.errlen = errlen;
 	ld.cfg = out;
+	ld.from_file = from_file;
 	ld.section_line = 1;
 	ld.section_col = 1;
 	if (err != NULL && errlen > 0)
@@ -1986,6 +2163,7 @@ out:
 		free(ld.secrets[i].twin);
 	}
 	free(ld.secrets);
+	free_list(ld.literal, ld.nliteral);
 	yaml_document_delete(&doc);
 	if (rv == -1)
 		config_free(out);
@@ -2013,7 +2191,7 @@ config_load(const char *path, struct config *out, char *err, size_t errlen)
 	if (!yaml_parser_initialize(&parser))
 		fatalx("config: out of memory");
 	yaml_parser_set_input_file(&parser, f);
-	rv = load_parser(path, &parser, out, err, errlen);
+	rv = load_parser(path, true, &parser, out, err, errlen);
 	yaml_parser_delete(&parser);
 	fclose(f);
 	return rv;
@@ -2031,7 +2209,7 @@ config_load_string(const char *name, const char *yaml, struct config *out,
 		fatalx("config: out of memory");
 	yaml_parser_set_input_string(&parser, (const unsigned char *)yaml,
 	    strlen(yaml));
-	rv = load_parser(name, &parser, out, err, errlen);
+	rv = load_parser(name, false, &parser, out, err, errlen);
 	yaml_parser_delete(&parser);
 	return rv;
 }
@@ -2084,6 +2262,7 @@ config_free(struct config *cfg)
 		free(cfg->pending[i].what);
 	}
 	free(cfg->pending);
+	free_list(cfg->warnings, cfg->nwarnings);
 	memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -2381,6 +2560,13 @@ config_warn_pending(const struct config *cfg)
 		log_warnx("config: %s (line %d) accepted, not yet in effect: "
 		    "%s arrives in a later release", cfg->pending[i].key,
 		    cfg->pending[i].line, cfg->pending[i].what);
+}
+
+void
+config_warn_secrets(const struct config *cfg)
+{
+	for (size_t i = 0; i < cfg->nwarnings; i++)
+		log_warnx("%s", cfg->warnings[i]);
 }
 
 /* ---- lookups ---------------------------------------------------------- */

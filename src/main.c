@@ -134,6 +134,7 @@ cmd_check(const char *path)
 	config_print(stdout, &cfg);
 	fflush(stdout);
 	config_warn_pending(&cfg);
+	config_warn_secrets(&cfg);
 	fprintf(stderr, "stagerelay: configuration %s is valid\n", path);
 	config_free(&cfg);
 	return 0;
@@ -359,6 +360,7 @@ cmd_run(const struct run_opts *ro)
 	}
 	setup_logging(cfg, ro->verbose, ro->drain ? "worker-1" : "master");
 	config_warn_pending(cfg);
+	config_warn_secrets(cfg);
 	if (!cfg->enabled) {
 		log_event(LOG_WARN, "consumer_disabled",
 		    "detail", "event_consumer.enabled is false; nothing to do",

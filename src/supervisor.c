@@ -545,6 +545,7 @@ reload(void)
 		return;
 	}
 	config_warn_pending(next);
+	config_warn_secrets(next);
 	if (strcmp(next->metrics.listen ? next->metrics.listen : "",
 	    m.cfg->metrics.listen ? m.cfg->metrics.listen : "") != 0)
 		log_event(LOG_WARN, "reload_partial", "key", "metrics.listen",

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+
 #include <check.h>
 
 #include "unit.h"
@@ -1037,6 +1039,160 @@ START_TEST(test_password_files)
 }
 END_TEST
 
+/* Loads content from a file of the given mode; returns the file's name. */
+static char *
+load_mode(const char *content, mode_t mode, struct config *c)
+{
+	char *path = write_temp(content);
+
+	ck_assert_int_eq(chmod(path, mode), 0);
+	ck_assert_msg(config_load(path, c, err, sizeof(err)) == 0, "%s", err);
+	return path;
+}
+
+static void
+expect_no_warning(const char *content, mode_t mode)
+{
+	struct config c;
+	char *path = load_mode(content, mode, &c);
+
+	ck_assert_msg(c.nwarnings == 0, "%s (mode %04o): unexpected %s",
+	    content, (unsigned)mode, c.nwarnings ? c.warnings[0] : "");
+	config_free(&c);
+	unlink(path);
+	free(path);
+}
+
+/* One warning naming the file, the key and the fix, never the value. */
+static void
+expect_warning(const char *content, mode_t mode, const char *key,
+    const char *secret)
+{
+	struct config c;
+	char *path = load_mode(content, mode, &c), *want;
+
+	ck_assert_msg(c.nwarnings == 1, "%s: %zu warnings", content,
+	    c.nwarnings);
+	ck_assert_int_ne(asprintf(&want, "config: %s holds a secret (%s) and "
+	    "is readable by others (mode %04o); chmod o-r %s", path, key,
+	    (unsigned)mode, path), -1);
+	ck_assert_str_eq(c.warnings[0], want);
+	ck_assert_ptr_null(strstr(c.warnings[0], secret));
+	free(want);
+	config_free(&c);
+	unlink(path);
+	free(path);
+}
+
+START_TEST(test_readable_secret_warning)
+{
+	struct config c;
+	char *pw, *yaml, *want, *logpath, *text = NULL;
+	size_t cap = 0;
+	FILE *f;
+
+	setenv("SECRET_PW", "env-pw-value", 1);
+	expect_warning("event_consumer:\n  redis_password: hunter2\n", 0644,
+	    "event_consumer.redis_password", "hunter2");
+	expect_warning("event_consumer:\n  redis_password: hunter2\n", 0604,
+	    "event_consumer.redis_password", "hunter2");
+	expect_warning("event_consumer:\n  ledger:\n    dsn: \"host=db "
+	    "password=pg-lit\"\n", 0644, "event_consumer.ledger.dsn", "pg-lit");
+	expect_warning("event_consumer:\n  ledger:\n    dsn: postgres://u:"
+	    "pg-lit@db/x\n", 0644, "event_consumer.ledger.dsn", "pg-lit");
+	expect_warning("event_consumer:\n  nlp_api:\n    headers:\n"
+	    "      Authorization: Bearer tok-lit\n", 0644,
+	    "event_consumer.nlp_api.headers.Authorization", "tok-lit");
+	/* $${ is a literal "${", not a reference. */
+	expect_warning("event_consumer:\n  redis_password: \"a$${B}\"\n", 0644,
+	    "event_consumer.redis_password", "a${B}");
+	/* Both keys are named, in file order. */
+	expect_warning("event_consumer:\n  redis_password: hunter2\n"
+	    "  nlp_api: {headers: {X-Key: k-lit}}\n", 0644,
+	    "event_consumer.redis_password, event_consumer.nlp_api.headers."
+	    "X-Key", "k-lit");
+
+	/* Not readable by others, or the file's group is ours. */
+	expect_no_warning("event_consumer:\n  redis_password: hunter2\n",
+	    0600);
+	expect_no_warning("event_consumer:\n  redis_password: hunter2\n",
+	    0640);
+	/* The secret comes from the environment. */
+	expect_no_warning("event_consumer:\n  redis_password: "
+	    "\"${SECRET_PW}\"\n  nlp_api:\n    headers:\n      Authorization: "
+	    "\"Bearer ${SECRET_PW}\"\n  ledger:\n    dsn: \"postgresql://u:"
+	    "${SECRET_PW}@db/x?sslmode=disable\"\n", 0644);
+	expect_no_warning("event_consumer:\n  ledger:\n    dsn: \"host=db "
+	    "password=${SECRET_PW}\"\n", 0644);
+	/* No secret at all. */
+	expect_no_warning("event_consumer:\n  redis_password: \"\"\n  ledger:\n"
+	    "    dsn: host=db user=u\n", 0644);
+
+	/* Root starts the daemon for the -u user the group is given to. */
+	if (geteuid() == 0) {
+		char *path = write_temp("event_consumer:\n"
+		    "  redis_password: hunter2\n");
+
+		ck_assert_int_eq(chown(path, (uid_t)-1, 54321), 0);
+		ck_assert_int_eq(chmod(path, 0640), 0);
+		ck_assert_msg(config_load(path, &c, err, sizeof(err)) == 0,
+		    "%s", err);
+		ck_assert_uint_eq(c.nwarnings, 0);
+		config_free(&c);
+		unlink(path);
+		free(path);
+	}
+
+	/* A string has no file to be read by others. */
+	ck_assert_msg(load("event_consumer:\n  redis_password: hunter2\n",
+	    &c) == 0, "%s", err);
+	ck_assert_uint_eq(c.nwarnings, 0);
+	config_free(&c);
+
+	/* Secret files: world-readable warns, 0600 does not. */
+	pw = write_temp("file-secret\n");
+	ck_assert_int_eq(chmod(pw, 0644), 0);
+	ck_assert_int_ne(asprintf(&yaml, "event_consumer:\n"
+	    "  redis_password_file: %s\n  ledger:\n    dsn: host=db\n"
+	    "    password_file: %s\n", pw, pw), -1);
+	ck_assert_msg(load(yaml, &c) == 0, "%s", err);
+	ck_assert_uint_eq(c.nwarnings, 2);
+	ck_assert_int_ne(asprintf(&want, "config: event_consumer."
+	    "redis_password_file: %s holds a secret and is readable by others "
+	    "(mode 0644); chmod o-r %s", pw, pw), -1);
+	ck_assert_str_eq(c.warnings[0], want);
+	free(want);
+	ck_assert_ptr_nonnull(strstr(c.warnings[1],
+	    "event_consumer.ledger.password_file: "));
+	ck_assert_ptr_null(strstr(c.warnings[1], "file-secret"));
+
+	/* config_warn_secrets() logs them. */
+	logpath = write_temp("");
+	log_init("test", LOG_INFO, LOG_FMT_LOGFMT, logpath);
+	config_warn_secrets(&c);
+	log_init("test", LOG_INFO, LOG_FMT_LOGFMT, NULL);
+	f = fopen(logpath, "r");
+	ck_assert_ptr_nonnull(f);
+	ck_assert_int_gt(getdelim(&text, &cap, '\0', f), 0);
+	fclose(f);
+	ck_assert_ptr_nonnull(strstr(text, "level=warn"));
+	ck_assert_ptr_nonnull(strstr(text, "redis_password_file"));
+	ck_assert_ptr_null(strstr(text, "file-secret"));
+	free(text);
+	unlink(logpath);
+	free(logpath);
+	config_free(&c);
+
+	ck_assert_int_eq(chmod(pw, 0600), 0);
+	ck_assert_msg(load(yaml, &c) == 0, "%s", err);
+	ck_assert_uint_eq(c.nwarnings, 0);
+	config_free(&c);
+	free(yaml);
+	unlink(pw);
+	free(pw);
+}
+END_TEST
+
 START_TEST(test_validation)
 {
 	expect_error("event_consumer:\n  source_stream: \"\"\n",
@@ -1186,6 +1342,7 @@ config_suite(void)
 	tcase_add_test(tc, test_print_redacts_secrets);
 	tcase_add_test(tc, test_print_round_trip);
 	tcase_add_test(tc, test_password_files);
+	tcase_add_test(tc, test_readable_secret_warning);
 	tcase_add_test(tc, test_validation);
 	tcase_add_test(tc, test_err_buffer);
 	tcase_add_test(tc, test_examples_load);
