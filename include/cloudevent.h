@@ -29,7 +29,7 @@ struct entry_field {
 enum cloudevent_error {
 	CE_OK = 0,
 	CE_INVALID,		/* "invalid_event": a rule of §2 is broken */
-	CE_TOO_LARGE		/* "too_large": entry exceeds max_event_bytes */
+	CE_TOO_LARGE		/* "too_large": over a limit of struct ce_limits */
 };
 
 struct cloudevent {
@@ -49,15 +49,23 @@ struct cloudevent {
 	long long	 time_ms;	/* event time as Unix ms, or -1 */
 };
 
+/* What an entry may not exceed (DESIGN.md §2); 0 means no limit. */
+struct ce_limits {
+	size_t		 max_bytes;	/* names and values: max_event_bytes */
+	size_t		 max_fields;	/* field-value pairs: max_entry_fields */
+	int		 max_depth;	/* JSON nesting: max_json_depth */
+};
+
 /*
  * Decodes and validates an entry. On success returns CE_OK and fills *ev
  * (release with cloudevent_free()). On failure *ev is empty and detail
- * holds the rule that was broken, e.g. "specversion must be \"1.0\"".
- * max_bytes == 0 means no size limit.
+ * holds the rule that was broken, e.g. "specversion must be \"1.0\"",
+ * or the limit that was exceeded, by its config key. lim may be NULL.
  */
 enum cloudevent_error cloudevent_decode(const struct entry_field *fields,
-	    size_t nfields, const char *event_field, size_t max_bytes,
-	    struct cloudevent *ev, char *detail, size_t detaillen);
+	    size_t nfields, const char *event_field,
+	    const struct ce_limits *lim, struct cloudevent *ev, char *detail,
+	    size_t detaillen);
 void	cloudevent_free(struct cloudevent *);
 
 /* "invalid_event", "too_large". */

@@ -87,9 +87,12 @@ struct config {
 	/* stagerelay's own keys. */
 	char		*event_field;		/* structured layout field, default "event" */
 	size_t		 max_event_bytes;	/* default 1 MiB */
+	size_t		 max_entry_fields;	/* default 256 */
+	int		 max_json_depth;	/* default 64 */
 	char		*shared_dir;		/* default "/shared" */
 	int		 max_batch_documents;	/* per batch request; default 500 */
 	size_t		 max_documents_file_bytes; /* default 64 MiB */
+	size_t		 max_documents_per_file; /* default 100000 */
 	int		 claim_interval_ms;	/* default 30000 */
 	int		 claim_idle_ms;		/* default 60000 */
 	int		 max_deliveries;	/* default 10 */
@@ -101,6 +104,8 @@ struct config {
 		int		 timeout_ms;	/* default 30000 */
 		int		 connect_timeout_ms; /* default 5000 */
 		int		 max_in_flight;	/* per worker; default 64 */
+		size_t		 max_request_bytes; /* default 16 MiB */
+		size_t		 max_response_bytes; /* default 1 MiB */
 		struct header	*headers;
 		size_t		 nheaders;
 		char		*ca_file;	/* optional */

@@ -25,16 +25,25 @@ enum {
 	DOCFILE_UNAVAILABLE = -2	/* may pass: missing, I/O, no fds */
 };
 
+/* What a documents file may not exceed; 0 means no limit. */
+struct docfile_limits {
+	size_t		 max_bytes;	/* max_documents_file_bytes */
+	size_t		 max_line;	/* max_event_bytes */
+	size_t		 max_documents;	/* max_documents_per_file */
+	int		 max_depth;	/* max_json_depth */
+};
+
 /*
- * Reads path (absolute under shared_dir, or relative to it). Files over
- * max_bytes and lines over max_line bytes are refused; every non-blank
- * line must be a JSON object with a non-empty string document_id.
- * Returns 0, or DOCFILE_REFUSED or DOCFILE_UNAVAILABLE with err set to
- * why (a dead-letter detail that names the line or the limit). out is to
- * be released with docfile_free().
+ * Reads path (absolute under shared_dir, or relative to it). A file over
+ * a limit of lim is refused, the limit named by its config key; every
+ * non-blank line must be a JSON object with a non-empty string
+ * document_id. Returns 0, or DOCFILE_REFUSED or DOCFILE_UNAVAILABLE with
+ * err set to why (a dead-letter detail that names the line or the limit).
+ * out is to be released with docfile_free().
  */
-int	docfile_read(const char *shared_dir, const char *path, size_t max_bytes,
-	    size_t max_line, struct docfile *out, char *err, size_t errlen);
+int	docfile_read(const char *shared_dir, const char *path,
+	    const struct docfile_limits *lim, struct docfile *out, char *err,
+	    size_t errlen);
 void	docfile_free(struct docfile *);
 
 #endif

@@ -30,6 +30,14 @@ cJSON	*template_render(const cJSON *tmpl, const cJSON *ctx, char *err,
 char	*template_render_string(const char *tmpl, const cJSON *ctx, char *err,
 	    size_t errlen);
 
+/*
+ * As template_render_string(), for a URL path: each interpolated value is
+ * percent-encoded as one path segment's data ('/', '?', '#', '%', spaces,
+ * non-ASCII all encoded), so it cannot change the URL's structure.
+ */
+char	*template_render_url(const char *tmpl, const cJSON *ctx, char *err,
+	    size_t errlen);
+
 /* Whether a template names root or a path below it (root.x, root[0]). */
 bool	 template_refers(const char *tmpl, const char *root);
 bool	 template_refers_tree(const cJSON *tmpl, const char *root);

@@ -53,6 +53,13 @@ void		 format_utc_ms(char *, size_t, long long unix_ms);
 /* Whether s holds a control character (below 0x20, or DEL). */
 int	 str_has_control(const char *s);
 
+/*
+ * The deepest nesting of arrays and objects in JSON text (strings are
+ * skipped, escapes honoured), counting no further than stop. Cheap enough
+ * to run before a parser that recurses: "[[[[" is 4.
+ */
+int	 json_depth(const char *s, size_t len, int stop);
+
 /* strlcpy-like; always NUL-terminates when size > 0. */
 size_t	 strlcpy_s(char *, const char *, size_t);
 

@@ -35,6 +35,7 @@ struct decoder {
 	char	*detail;
 	size_t	 detaillen;
 	bool	 flat;
+	int	 max_depth;	/* 0: cJSON's own limit only */
 };
 
 /* A name to look for twice; not NUL-terminated in the flat layout. */
@@ -62,6 +63,24 @@ fail(struct decoder *d, const char *fmt, ...)
 		va_end(ap);
 	}
 	return CE_INVALID;
+}
+
+/*
+ * Whether JSON text nests deeper than max_json_depth: checked before the
+ * parser (which recurses) sees it. what names the text for the detail.
+ */
+static bool
+too_deep(struct decoder *d, const char *what, const char *s, size_t len)
+{
+	int depth;
+
+	if (d->max_depth <= 0 ||
+	    (depth = json_depth(s, len, d->max_depth + 1)) <= d->max_depth)
+		return false;
+	if (d->detaillen > 0)
+		snprintf(d->detail, d->detaillen, "%s nests JSON deeper than "
+		    "max_json_depth (%d)", what, d->max_depth);
+	return true;
 }
 
 /*
@@ -629,6 +648,8 @@ collect_structured(struct decoder *d, const struct entry_field *f,
 
 	if (memchr(f->value, '\0', f->valuelen) != NULL)
 		return fail(d, "field %s contains a NUL byte", event_field);
+	if (too_deep(d, event_field, f->value, f->valuelen))
+		return CE_TOO_LARGE;
 	text = xstrndup(f->value, f->valuelen);
 	attrs = cJSON_ParseWithOpts(text, &end, 1);
 	if (attrs == NULL) {
@@ -783,6 +804,9 @@ add_data(struct decoder *d, cJSON *attrs, const char *ct, cJSON *ev)
 		add(ev, "data", cJSON_CreateString(data->valuestring));
 		return CE_OK;
 	}
+	if (too_deep(d, "data", data->valuestring,
+	    strlen(data->valuestring)))
+		return CE_TOO_LARGE;
 	parsed = cJSON_ParseWithOpts(data->valuestring, &end, 1);
 	if (parsed == NULL) {
 		if (ct == NULL)
@@ -801,6 +825,7 @@ validate(struct decoder *d, cJSON *attrs, struct cloudevent *ev)
 {
 	const char *specversion, *id, *source, *type, *ct, *schema, *subject;
 	const char *time;
+	enum cloudevent_error rv;
 	const cJSON *v;
 	char q[QUOTE_BUF];
 	cJSON *out;
@@ -850,10 +875,10 @@ validate(struct decoder *d, cJSON *attrs, struct cloudevent *ev)
 		add(out, "subject", cJSON_CreateString(subject));
 	if (time != NULL)
 		add(out, "time", cJSON_CreateString(time));
-	if (add_extensions(d, attrs, out) != CE_OK ||
-	    add_data(d, attrs, ct, out) != CE_OK) {
+	if ((rv = add_extensions(d, attrs, out)) != CE_OK ||
+	    (rv = add_data(d, attrs, ct, out)) != CE_OK) {
 		cJSON_Delete(out);
-		return CE_INVALID;
+		return rv;
 	}
 
 	ev->json = out;
@@ -873,10 +898,11 @@ validate(struct decoder *d, cJSON *attrs, struct cloudevent *ev)
 
 enum cloudevent_error
 cloudevent_decode(const struct entry_field *fields, size_t nfields,
-    const char *event_field, size_t max_bytes, struct cloudevent *ev,
-    char *detail, size_t detaillen)
+    const char *event_field, const struct ce_limits *lim,
+    struct cloudevent *ev, char *detail, size_t detaillen)
 {
-	struct decoder d = { detail, detaillen, true };
+	static const struct ce_limits none;
+	struct decoder d = { detail, detaillen, true, 0 };
 	const struct entry_field *structured = NULL;
 	const struct name_ref *dup;
 	struct name_ref *names;
@@ -893,13 +919,24 @@ cloudevent_decode(const struct entry_field *fields, size_t nfields,
 	if (event_field == NULL || *event_field == '\0')
 		event_field = "event";
 
+	if (lim == NULL)
+		lim = &none;
+	d.max_depth = lim->max_depth;
+
 	/* First, before any work is spent on it. */
 	for (size_t i = 0; i < nfields; i++)
 		total += fields[i].namelen + fields[i].valuelen;
-	if (max_bytes != 0 && total > max_bytes) {
+	if (lim->max_bytes != 0 && total > lim->max_bytes) {
 		if (detaillen > 0)
 			snprintf(detail, detaillen, "entry is %zu bytes, "
-			    "max_event_bytes is %zu", total, max_bytes);
+			    "max_event_bytes is %zu", total, lim->max_bytes);
+		return CE_TOO_LARGE;
+	}
+	if (lim->max_fields != 0 && nfields > lim->max_fields) {
+		if (detaillen > 0)
+			snprintf(detail, detaillen, "entry has %zu fields, "
+			    "max_entry_fields is %zu", nfields,
+			    lim->max_fields);
 		return CE_TOO_LARGE;
 	}
 	if (nfields == 0)

@@ -128,6 +128,10 @@ static const struct kdef nlp_api_keys[] = {
 	K_INT("connect_timeout_ms", CFG(nlp_api.connect_timeout_ms),
 	    100, 600000),
 	K_INT("max_in_flight", CFG(nlp_api.max_in_flight), 1, 1024),
+	K_SIZE("max_request_bytes", CFG(nlp_api.max_request_bytes), 1024,
+	    (size_t)1 << 30),
+	K_SIZE("max_response_bytes", CFG(nlp_api.max_response_bytes), 1024,
+	    (size_t)1 << 30),
 	{ .name = "headers", .type = KT_HEADERS },
 	K_OPT("ca_file", CFG(nlp_api.ca_file)),
 	K_BOOL("verify_tls", CFG(nlp_api.verify_tls)),
@@ -224,10 +228,15 @@ static const struct kdef section_keys[] = {
 	K_STR("event_field", CFG(event_field)),
 	/* Redis strings stop at 512 MiB. */
 	K_SIZE("max_event_bytes", CFG(max_event_bytes), 1024, 536870912),
+	K_SIZE("max_entry_fields", CFG(max_entry_fields), 8, 100000),
+	/* cJSON stops at 1000 levels on its own, with a vaguer error. */
+	K_INT("max_json_depth", CFG(max_json_depth), 2, 512),
 	K_STR("shared_dir", CFG(shared_dir)),
 	K_INT("max_batch_documents", CFG(max_batch_documents), 1, 1000000),
 	K_SIZE("max_documents_file_bytes", CFG(max_documents_file_bytes),
 	    1024, (size_t)1 << 34),
+	K_SIZE("max_documents_per_file", CFG(max_documents_per_file), 1,
+	    100000000),
 	K_DOUBLE("max_retry_delay_seconds", CFG(max_retry_delay_seconds),
 	    86400),
 	K_LONG("dead_letter_maxlen", CFG(dead_letter_maxlen), 0, 1000000000),
@@ -1474,9 +1483,12 @@ config_defaults(struct config *cfg)
 
 	cfg->event_field = xstrdup("event");
 	cfg->max_event_bytes = 1024 * 1024;
+	cfg->max_entry_fields = 256;
+	cfg->max_json_depth = 64;
 	cfg->shared_dir = xstrdup("/shared");
 	cfg->max_batch_documents = 500;
 	cfg->max_documents_file_bytes = (size_t)64 << 20;
+	cfg->max_documents_per_file = 100000;
 	cfg->claim_interval_ms = 30000;
 	cfg->claim_idle_ms = 60000;
 	cfg->max_deliveries = 10;
@@ -1487,6 +1499,8 @@ config_defaults(struct config *cfg)
 	cfg->nlp_api.timeout_ms = 30000;
 	cfg->nlp_api.connect_timeout_ms = 5000;
 	cfg->nlp_api.max_in_flight = 64;
+	cfg->nlp_api.max_request_bytes = (size_t)16 << 20;
+	cfg->nlp_api.max_response_bytes = (size_t)1 << 20;
 	cfg->nlp_api.verify_tls = true;
 
 	cfg->ledger.dsn = xstrdup("");
@@ -2474,10 +2488,14 @@ config_print(FILE *f, const struct config *cfg)
 	print_secret(f, 2, "redis_password", cfg->redis_password);
 	print_str(f, 2, "event_field", cfg->event_field);
 	print_int(f, 2, "max_event_bytes", (long long)cfg->max_event_bytes);
+	print_int(f, 2, "max_entry_fields", (long long)cfg->max_entry_fields);
+	print_int(f, 2, "max_json_depth", cfg->max_json_depth);
 	print_str(f, 2, "shared_dir", cfg->shared_dir);
 	print_int(f, 2, "max_batch_documents", cfg->max_batch_documents);
 	fprintf(f, "  max_documents_file_bytes: %zu\n",
 	    cfg->max_documents_file_bytes);
+	print_int(f, 2, "max_documents_per_file",
+	    (long long)cfg->max_documents_per_file);
 	print_num(f, 2, "max_retry_delay_seconds",
 	    cfg->max_retry_delay_seconds);
 	print_int(f, 2, "dead_letter_maxlen", cfg->dead_letter_maxlen);
@@ -2492,6 +2510,10 @@ config_print(FILE *f, const struct config *cfg)
 	print_int(f, 4, "timeout_ms", cfg->nlp_api.timeout_ms);
 	print_int(f, 4, "connect_timeout_ms", cfg->nlp_api.connect_timeout_ms);
 	print_int(f, 4, "max_in_flight", cfg->nlp_api.max_in_flight);
+	print_int(f, 4, "max_request_bytes",
+	    (long long)cfg->nlp_api.max_request_bytes);
+	print_int(f, 4, "max_response_bytes",
+	    (long long)cfg->nlp_api.max_response_bytes);
 	if (cfg->nlp_api.nheaders == 0)
 		fprintf(f, "    headers: {}\n");
 	else {

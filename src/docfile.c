@@ -190,7 +190,7 @@ slurp(int fd, const char *path, size_t max, size_t *len, char *err,
 		snprintf(err, errlen, "%s: not a regular file", path);
 		return NULL;
 	}
-	if ((uintmax_t)st.st_size > max) {
+	if (max != 0 && (uintmax_t)st.st_size > max) {
 		snprintf(err, errlen, "%s: %jd bytes, over "
 		    "max_documents_file_bytes (%zu)", path,
 		    (intmax_t)st.st_size, max);
@@ -231,16 +231,22 @@ blank(const char *s, size_t len)
 
 /* One line into a document; NULL with err set. */
 static cJSON *
-parse_line(const char *line, size_t len, size_t lineno, size_t max_line,
-    char *err, size_t errlen)
+parse_line(const char *line, size_t len, size_t lineno,
+    const struct docfile_limits *lim, char *err, size_t errlen)
 {
 	const char *end = NULL;
 	const cJSON *id;
 	cJSON *doc;
 
-	if (len > max_line) {
+	if (lim->max_line != 0 && len > lim->max_line) {
 		snprintf(err, errlen, "line %zu: %zu bytes, over the line "
-		    "limit (max_event_bytes %zu)", lineno, len, max_line);
+		    "limit (max_event_bytes %zu)", lineno, len, lim->max_line);
+		return NULL;
+	}
+	if (lim->max_depth > 0 &&
+	    json_depth(line, len, lim->max_depth + 1) > lim->max_depth) {
+		snprintf(err, errlen, "line %zu: nests JSON deeper than "
+		    "max_json_depth (%d)", lineno, lim->max_depth);
 		return NULL;
 	}
 	doc = cJSON_ParseWithLengthOpts(line, len, &end, 0);
@@ -270,8 +276,8 @@ parse_line(const char *line, size_t len, size_t lineno, size_t max_line,
 }
 
 static int
-parse(const char *data, size_t len, size_t max_line, struct docfile *out,
-    char *err, size_t errlen)
+parse(const char *data, size_t len, const struct docfile_limits *lim,
+    struct docfile *out, char *err, size_t errlen)
 {
 	struct strset set;
 	size_t lineno = 0, lines = 0;
@@ -285,6 +291,12 @@ parse(const char *data, size_t len, size_t max_line, struct docfile *out,
 		if (!blank(p, (size_t)(nl - p)))
 			lines++;
 	}
+	/* Counted before anything is parsed or stored. */
+	if (lim->max_documents != 0 && lines > lim->max_documents) {
+		snprintf(err, errlen, "%zu documents, more than "
+		    "max_documents_per_file (%zu)", lines, lim->max_documents);
+		return -1;
+	}
 	strset_init(&set, lines);
 	out->ids = xcalloc(lines + 1, sizeof(*out->ids));
 
@@ -297,7 +309,7 @@ parse(const char *data, size_t len, size_t max_line, struct docfile *out,
 		lineno++;
 		if (blank(p, (size_t)(nl - p)))
 			continue;
-		if ((doc = parse_line(p, (size_t)(nl - p), lineno, max_line,
+		if ((doc = parse_line(p, (size_t)(nl - p), lineno, lim,
 		    err, errlen)) == NULL) {
 			rv = -1;
 			break;
@@ -317,8 +329,9 @@ parse(const char *data, size_t len, size_t max_line, struct docfile *out,
 }
 
 int
-docfile_read(const char *shared_dir, const char *path, size_t max_bytes,
-    size_t max_line, struct docfile *out, char *err, size_t errlen)
+docfile_read(const char *shared_dir, const char *path,
+    const struct docfile_limits *lim, struct docfile *out, char *err,
+    size_t errlen)
 {
 	char root[PATH_MAX], *data;
 	const char *rel;
@@ -359,7 +372,7 @@ docfile_read(const char *shared_dir, const char *path, size_t max_bytes,
 	}
 	if ((fd = open_beneath(root, rel, err, errlen)) == -1)
 		return passing(errno) ? DOCFILE_UNAVAILABLE : DOCFILE_REFUSED;
-	data = slurp(fd, path, max_bytes, &len, err, errlen);
+	data = slurp(fd, path, lim->max_bytes, &len, err, errlen);
 	if (data == NULL) {
 		rv = passing(errno) ? DOCFILE_UNAVAILABLE : DOCFILE_REFUSED;
 		close(fd);
@@ -367,7 +380,7 @@ docfile_read(const char *shared_dir, const char *path, size_t max_bytes,
 	}
 	close(fd);
 	out->docs = cJSON_CreateArray();
-	if ((rv = parse(data, len, max_line, out, err, errlen)) == -1)
+	if ((rv = parse(data, len, lim, out, err, errlen)) == -1)
 		docfile_free(out);
 	free(data);
 	return rv;

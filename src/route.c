@@ -161,7 +161,7 @@ render_url(const struct route *r, const struct config *cfg, const cJSON *ctx,
 	size_t blen;
 
 	msg[0] = '\0';
-	if ((path = template_render_string(r->path, ctx, msg,
+	if ((path = template_render_url(r->path, ctx, msg,
 	    sizeof(msg))) == NULL) {
 		snprintf(err, errlen, "path: %s", msg);
 		return -1;
@@ -313,6 +313,13 @@ render(const struct route *r, const struct config *cfg,
 	}
 	if (r->content_mode != CONTENT_BINARY)
 		out->bodylen = strlen(out->body);
+	if (cfg->nlp_api.max_request_bytes != 0 &&
+	    out->bodylen > cfg->nlp_api.max_request_bytes) {
+		snprintf(err, errlen, "body: the request body is %zu bytes, "
+		    "over nlp_api.max_request_bytes (%zu)", out->bodylen,
+		    cfg->nlp_api.max_request_bytes);
+		goto fail;
+	}
 
 	out->document_id = data_id(ev, "document_id");
 	out->job_id = data_id(ev, "job_id");

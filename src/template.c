@@ -10,6 +10,7 @@
 #define _GNU_SOURCE 1
 #endif
 
+#include <ctype.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -230,13 +231,36 @@ interpolate(struct buf *b, const cJSON *v, const struct placeholder *ph,
 	return 0;
 }
 
-char *
-template_render_string(const char *tmpl, const cJSON *ctx, char *err,
+/*
+ * Appends value as one URL path segment's data (RFC 3986 pchar): what is
+ * not unreserved, a sub-delim, ':' or '@' is percent-encoded, '/', '?',
+ * '#' and '%' included, so a value cannot add a segment, a query or an
+ * escape of its own. A value of only dots ("..") is encoded whole: left
+ * as it is, the client would resolve it as a relative path.
+ */
+static void
+append_segment(struct buf *b, const char *value, size_t len)
+{
+	bool dots = len > 0 && strspn(value, ".") == len;
+
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)value[i];
+
+		if (!dots && (isalnum(c) || (c != 0 &&
+		    strchr("-._~!$&'()*+,;=:@", c) != NULL)))
+			buf_putc(b, (char)c);
+		else
+			buf_printf(b, "%%%02X", c);
+	}
+}
+
+static char *
+render_string(const char *tmpl, const cJSON *ctx, bool url, char *err,
     size_t errlen)
 {
 	struct placeholder ph;
 	const char *s = tmpl;
-	struct buf b;
+	struct buf b, value;
 	int r;
 
 	if (tmpl == NULL) {
@@ -244,21 +268,41 @@ template_render_string(const char *tmpl, const cJSON *ctx, char *err,
 		return NULL;
 	}
 	buf_init(&b);
+	buf_init(&value);
 	while ((r = next_placeholder(tmpl, s, &ph, err, errlen)) == 1) {
 		buf_append(&b, s, (size_t)(ph.start - s));
-		if (interpolate(&b, lookup_n(ctx, ph.path, ph.pathlen), &ph,
-		    err, errlen) == -1) {
-			buf_free(&b);
-			return NULL;
+		buf_reset(&value);
+		if (interpolate(url ? &value : &b, lookup_n(ctx, ph.path,
+		    ph.pathlen), &ph, err, errlen) == -1) {
+			r = -1;
+			break;
 		}
+		if (url)
+			append_segment(&b, value.data != NULL ? value.data :
+			    "", value.len);
 		s = ph.end;
 	}
+	buf_free(&value);
 	if (r == -1) {
 		buf_free(&b);
 		return NULL;
 	}
 	buf_puts(&b, s);
 	return buf_steal(&b);
+}
+
+char *
+template_render_string(const char *tmpl, const cJSON *ctx, char *err,
+    size_t errlen)
+{
+	return render_string(tmpl, ctx, false, err, errlen);
+}
+
+char *
+template_render_url(const char *tmpl, const cJSON *ctx, char *err,
+    size_t errlen)
+{
+	return render_string(tmpl, ctx, true, err, errlen);
 }
 
 static cJSON *

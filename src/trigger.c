@@ -23,13 +23,13 @@
 #include "trigger.h"
 #include "util.h"
 
-#define RESPONSE_MAX	(1024 * 1024)
 
 struct transfer {
 	CURL		*easy;
 	struct buf	 body;
 	long		 retry_after_s;
-	bool		 truncated;
+	size_t		 max_body;	/* nlp_api.max_response_bytes */
+	bool		 truncated;	/* went over it: transfer abandoned */
 	bool		 done;
 	size_t		 req;		/* the request it carries */
 	struct curl_slist *headers;
@@ -125,9 +125,9 @@ on_body(char *ptr, size_t size, size_t nmemb, void *arg)
 	struct transfer *x = arg;
 	size_t n = size * nmemb;
 
-	if (x->body.len + n > RESPONSE_MAX) {
+	if (x->body.len + n > x->max_body) {
 		x->truncated = true;
-		return n;	/* keep the connection; ignore the rest */
+		return 0;	/* abandons the transfer (CURLE_WRITE_ERROR) */
 	}
 	buf_append(&x->body, ptr, n);
 	return n;
@@ -238,6 +238,31 @@ trigger_classify(long status, const char *body, size_t bodylen,
 	cJSON_Delete(json);
 }
 
+/*
+ * A response body over nlp_api.max_response_bytes. An error status stays
+ * what it is (a 503's long error page is still a 503); an answer of
+ * success whose body cannot be read in full may hide success:false, so
+ * it is not taken as success: it fails for good, the limit named.
+ */
+static void
+too_long(const struct trigger *t, long status, struct trigger_result *out)
+{
+	out->http_status = status;
+	if (status < 200 || (status >= 300 && status != 409)) {
+		out->outcome = status >= 300 && !transient_status(status) ?
+		    TRIGGER_PERMANENT : TRIGGER_TRANSIENT;
+		out->error = xasprintf("HTTP %ld with a response body over "
+		    "nlp_api.max_response_bytes (%zu)", status,
+		    t->cfg->nlp_api.max_response_bytes);
+		return;
+	}
+	out->outcome = status == 409 ? TRIGGER_SUCCESS : TRIGGER_PERMANENT;
+	if (status != 409)
+		out->error = xasprintf("HTTP %ld with a response body over "
+		    "nlp_api.max_response_bytes (%zu): the answer could not be "
+		    "read", status, t->cfg->nlp_api.max_response_bytes);
+}
+
 /* What every request of this handle shares: set once, not per request. */
 static void
 handle_init(struct trigger *t, CURL *e)
@@ -276,6 +301,7 @@ pool_grow(struct trigger *t, size_t n)
 		struct transfer *x = &t->pool[i];
 
 		curl_easy_setopt(x->easy, CURLOPT_WRITEDATA, x);
+		x->max_body = t->cfg->nlp_api.max_response_bytes;
 		curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, x);
 		curl_easy_setopt(x->easy, CURLOPT_PRIVATE, x);
 	}
@@ -389,7 +415,11 @@ trigger_run(struct trigger *t, const struct request *reqs, size_t n,
 			results[i].latency_ms = (double)(now_mono_ms() -
 			    x->started_ms);
 			results[i].retry_after_s = x->retry_after_s;
-			if (m->data.result != CURLE_OK) {
+			if (x->truncated) {
+				curl_easy_getinfo(m->easy_handle,
+				    CURLINFO_RESPONSE_CODE, &status);
+				too_long(t, status, &results[i]);
+			} else if (m->data.result != CURLE_OK) {
 				/* Timeouts and connection errors: transient. */
 				results[i].outcome = TRIGGER_TRANSIENT;
 				results[i].error = xasprintf("%s",

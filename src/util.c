@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -293,6 +294,31 @@ strset_has(const struct strset *set, const char *s)
 		if (strcmp(set->slot[i], s) == 0)
 			return 1;
 	return 0;
+}
+
+int
+json_depth(const char *s, size_t len, int stop)
+{
+	int depth = 0, deepest = 0;
+	bool in_string = false;
+
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+
+		if (in_string) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_string = false;
+		} else if (c == '"')
+			in_string = true;
+		else if (c == '[' || c == '{') {
+			if (++depth > deepest && (deepest = depth) >= stop)
+				return deepest;
+		} else if ((c == ']' || c == '}') && depth > 0)
+			depth--;
+	}
+	return deepest;
 }
 
 int

@@ -301,6 +301,11 @@ prepare(struct worker *w, struct item *it)
 {
 	const struct config *cfg = w->cfg;
 	const struct route *route;
+	const struct ce_limits ce_lim = {
+		.max_bytes = cfg->max_event_bytes,
+		.max_fields = cfg->max_entry_fields,
+		.max_depth = cfg->max_json_depth,
+	};
 	enum cloudevent_error ce;
 	bool expired, observe;
 	char err[512];
@@ -313,7 +318,7 @@ prepare(struct worker *w, struct item *it)
 		return;
 	}
 	ce = cloudevent_decode(it->entry->fields, it->entry->nfields,
-	    cfg->event_field, cfg->max_event_bytes, &it->ev, it->detail,
+	    cfg->event_field, &ce_lim, &it->ev, it->detail,
 	    sizeof(it->detail));
 	if (ce != CE_OK) {
 		it->fate = FATE_DEAD;
@@ -425,6 +430,12 @@ load_documents(struct worker *w, struct item *it)
 {
 	const struct config *cfg = w->cfg;
 	const struct route *route = it->req.route;
+	const struct docfile_limits file_lim = {
+		.max_bytes = cfg->max_documents_file_bytes,
+		.max_line = cfg->max_event_bytes,
+		.max_documents = cfg->max_documents_per_file,
+		.max_depth = cfg->max_json_depth,
+	};
 	char err[512], *path;
 	int rc, n;
 
@@ -439,8 +450,8 @@ load_documents(struct worker *w, struct item *it)
 		dead(it, "render_error", "route %s: %s", route->name, err);
 		return;
 	}
-	rc = docfile_read(cfg->shared_dir, path, cfg->max_documents_file_bytes,
-	    cfg->max_event_bytes, &it->file, err, sizeof(err));
+	rc = docfile_read(cfg->shared_dir, path, &file_lim, &it->file,
+	    err, sizeof(err));
 	free(path);
 	if (rc == DOCFILE_UNAVAILABLE) {
 		/* Not there yet, or the mount hiccups: tried again. */

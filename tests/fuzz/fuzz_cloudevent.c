@@ -10,7 +10,8 @@
  * (Stage 1: one field per attribute, data as JSON text).
  *   bit 0 of the first byte: event_field "ce" (else NULL: the default,
  *     "event");
- *   bit 1: max_bytes 256 (else no limit).
+ *   bit 1: max_bytes 256 (else no limit);
+ *   bit 2: max_json_depth 8 and max_entry_fields 16 (else none).
  * So "0" then a newline starts a readable seed with the defaults.
  */
 #include <stdint.h>
@@ -37,6 +38,7 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct entry_field f[MAX_FIELDS];
+	struct ce_limits limits = { 0 };
 	struct cloudevent ev;
 	const char *p, *lim, *event_field = NULL;
 	char detail[512], *copy, *out;
@@ -83,7 +85,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	memset(&ev, 0, sizeof(ev));
 	detail[0] = '\0';
-	if (cloudevent_decode(f, nf, event_field, max_bytes, &ev, detail,
+	limits.max_bytes = max_bytes;
+	if (mode & 4) {
+		limits.max_depth = 8;
+		limits.max_fields = 16;
+	}
+	if (cloudevent_decode(f, nf, event_field, &limits, &ev, detail,
 	    sizeof(detail)) == CE_OK) {
 		/* Touch what the worker reads next. */
 		if ((out = cJSON_PrintUnformatted(ev.json)) != NULL)

@@ -4,7 +4,7 @@
  * The input is the file's contents. It is written as docs.jsonl inside a
  * private directory (mkdtemp under $TMPDIR or /tmp, removed at exit) that
  * serves as shared_dir, then read with small limits (2048 bytes a file,
- * 256 a line) so both limits are reachable. Odd-sized inputs are named by
+ * 256 a line, 32 documents, nesting 8) so every limit is reachable. Odd-sized inputs are named by
  * absolute path, even-sized ones relative to shared_dir.
  */
 #include <fcntl.h>
@@ -20,6 +20,8 @@
 
 #define MAX_BYTES	2048
 #define MAX_LINE	256
+#define MAX_DOCUMENTS	32
+#define MAX_DEPTH	8
 
 static char	shared[PATH_MAX];
 static char	file[PATH_MAX + 16];
@@ -53,6 +55,12 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+	static const struct docfile_limits lim = {
+		.max_bytes = MAX_BYTES,
+		.max_line = MAX_LINE,
+		.max_documents = MAX_DOCUMENTS,
+		.max_depth = MAX_DEPTH,
+	};
 	struct docfile df;
 	char err[512];
 	int fd, rv;
@@ -65,8 +73,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	memset(&df, 0, sizeof(df));
 	err[0] = '\0';
-	rv = docfile_read(shared, (size & 1) ? file : "docs.jsonl", MAX_BYTES,
-	    MAX_LINE, &df, err, sizeof(err));
+	rv = docfile_read(shared, (size & 1) ? file : "docs.jsonl", &lim, &df,
+	    err, sizeof(err));
 	if (rv == 0) {
 		/* Every kept document has its id, in order. */
 		if ((size_t)cJSON_GetArraySize(df.docs) != df.n)

@@ -14,6 +14,7 @@
 #include <cJSON.h>
 
 #include "cloudevent.h"
+#include "util.h"
 
 #define MAX_FIELDS	32
 #define JOB_COMPLETED	"com.storytelling.cleaning.job.completed"
@@ -32,8 +33,10 @@ static enum cloudevent_error
 decode_fields(struct cloudevent *ev, const char *event_field, size_t max,
     const struct entry_field *f, size_t n)
 {
+	struct ce_limits lim = { .max_bytes = max };
+
 	memset(detail, 0, sizeof(detail));
-	return cloudevent_decode(f, n, event_field, max, ev, detail,
+	return cloudevent_decode(f, n, event_field, &lim, ev, detail,
 	    sizeof(detail));
 }
 
@@ -667,6 +670,55 @@ START_TEST(test_too_large)
 }
 END_TEST
 
+START_TEST(test_field_and_depth_limits)
+{
+	static const char deep[] = "{\"doc\":{\"a\":[[\"]]]]\\\"[[\"]]}}";
+	static const struct entry_field f[] = {
+		{ "specversion", 11, "1.0", 3 },
+		{ "id", 2, "e1", 2 },
+		{ "source", 6, "s", 1 },
+		{ "type", 4, "t", 1 },
+		{ "data", 4, deep, sizeof(deep) - 1 },
+	};
+	struct ce_limits lim = { .max_fields = 4 };
+	struct entry_field s[1];
+	struct cloudevent ev;
+	char *event;
+
+	ck_assert_int_eq(cloudevent_decode(f, 5, NULL, &lim, &ev, detail,
+	    sizeof(detail)), CE_TOO_LARGE);
+	ck_assert_str_eq(detail, "entry has 5 fields, max_entry_fields is 4");
+	ck_assert_ptr_null(ev.json);
+
+	/* data is 4 deep: the brackets in the string do not count. */
+	lim.max_fields = 5;
+	lim.max_depth = 4;
+	ck_assert_msg(cloudevent_decode(f, 5, NULL, &lim, &ev, detail,
+	    sizeof(detail)) == CE_OK, "%s", detail);
+	cloudevent_free(&ev);
+	lim.max_depth = 3;
+	ck_assert_int_eq(cloudevent_decode(f, 5, NULL, &lim, &ev, detail,
+	    sizeof(detail)), CE_TOO_LARGE);
+	ck_assert_str_eq(detail, "data nests JSON deeper than max_json_depth "
+	    "(3)");
+
+	/* Structured: the event object itself is one level more. */
+	event = xasprintf("{\"specversion\":\"1.0\",\"id\":\"e1\","
+	    "\"source\":\"s\",\"type\":\"t\",\"data\":%s}", deep);
+	s[0] = (struct entry_field){ "event", 5, event, strlen(event) };
+	lim.max_depth = 5;
+	ck_assert_msg(cloudevent_decode(s, 1, NULL, &lim, &ev, detail,
+	    sizeof(detail)) == CE_OK, "%s", detail);
+	cloudevent_free(&ev);
+	lim.max_depth = 4;
+	ck_assert_int_eq(cloudevent_decode(s, 1, NULL, &lim, &ev, detail,
+	    sizeof(detail)), CE_TOO_LARGE);
+	ck_assert_str_eq(detail, "event nests JSON deeper than max_json_depth "
+	    "(4)");
+	free(event);
+}
+END_TEST
+
 START_TEST(test_duplicate_fields)
 {
 	struct cloudevent ev;
@@ -737,6 +789,7 @@ cloudevent_suite(void)
 	tcase_add_test(tc, test_binary_garbage);
 	tcase_add_test(tc, test_detail_truncated);
 	tcase_add_test(tc, test_too_large);
+	tcase_add_test(tc, test_field_and_depth_limits);
 	tcase_add_test(tc, test_duplicate_fields);
 	tcase_add_test(tc, test_custom_event_field);
 	tcase_add_test(tc, test_error_reason);

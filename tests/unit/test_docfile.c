@@ -70,9 +70,13 @@ teardown(void)
 static int
 read_file(const char *path, size_t max_bytes, size_t max_line)
 {
+	struct docfile_limits lim = {
+		.max_bytes = max_bytes,
+		.max_line = max_line,
+	};
+
 	err[0] = '\0';
-	return docfile_read(shared, path, max_bytes, max_line, &df, err,
-	    sizeof(err));
+	return docfile_read(shared, path, &lim, &df, err, sizeof(err));
 }
 
 static void
@@ -185,6 +189,37 @@ START_TEST(test_limits_are_named)
 }
 END_TEST
 
+START_TEST(test_count_and_depth_limits_are_named)
+{
+	struct docfile_limits lim = { .max_documents = 2 };
+
+	/* Four lines with a document (one repeated) count as four. */
+	ck_assert_int_eq(docfile_read(shared, "stage1/ok.jsonl", &lim, &df,
+	    err, sizeof(err)), DOCFILE_REFUSED);
+	ck_assert_str_eq(err, "4 documents, more than max_documents_per_file "
+	    "(2)");
+	ck_assert_uint_eq(df.n, 0);
+	lim.max_documents = 4;
+	ck_assert_int_eq(docfile_read(shared, "stage1/ok.jsonl", &lim, &df,
+	    err, sizeof(err)), 0);
+	ck_assert_uint_eq(df.n, 3);
+	docfile_free(&df);
+
+	/* Depth 3 passes at 3; brackets inside strings do not count. */
+	put("shared/stage1/deep.jsonl", "{\"document_id\":\"[[[[{{\","
+	    "\"a\":[{\"b\":1}]}\n");
+	lim.max_depth = 3;
+	ck_assert_msg(docfile_read(shared, "stage1/deep.jsonl", &lim, &df,
+	    err, sizeof(err)) == 0, "%s", err);
+	docfile_free(&df);
+	lim.max_depth = 2;
+	ck_assert_int_eq(docfile_read(shared, "stage1/deep.jsonl", &lim, &df,
+	    err, sizeof(err)), DOCFILE_REFUSED);
+	ck_assert_str_eq(err, "line 1: nests JSON deeper than max_json_depth "
+	    "(2)");
+}
+END_TEST
+
 START_TEST(test_bad_lines_are_named)
 {
 	static const struct {
@@ -224,6 +259,7 @@ docfile_suite(void)
 	tcase_add_test(tc, test_links_inside_are_followed);
 	tcase_add_test(tc, test_what_is_not_a_regular_file_is_refused);
 	tcase_add_test(tc, test_limits_are_named);
+	tcase_add_test(tc, test_count_and_depth_limits_are_named);
 	tcase_add_test(tc, test_bad_lines_are_named);
 	suite_add_tcase(s, tc);
 	return s;

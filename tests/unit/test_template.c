@@ -293,7 +293,7 @@ event(struct cloudevent *ev, ...)
 		n++;
 	}
 	va_end(ap);
-	ck_assert_msg(cloudevent_decode(f, n, NULL, 0, ev, detail,
+	ck_assert_msg(cloudevent_decode(f, n, NULL, NULL, ev, detail,
 	    sizeof(detail)) == CE_OK, "%s", detail);
 }
 
@@ -708,7 +708,8 @@ START_TEST(test_route_url)
 	struct route r;
 
 	document_event(&ev, "{\"document_id\":\"d 1\",\"cleaned_text\":\"x\","
-	    "\"host\":\"@evil.example/x\",\"n\":5}");
+	    "\"host\":\"@evil.example/x\",\"n\":5,\"up\":\"..\","
+	    "\"odd\":\"a/b?c=1#d%e\\u00e9'$(x)\"}");
 
 	/* Placeholders in a relative path. */
 	route_init(&r, "v1/docs/{{data.n}}", "k", "{}", CONTENT_BODY);
@@ -724,16 +725,42 @@ START_TEST(test_route_url)
 	cfg.nlp_api.base_url = (char *)"http://nlp.internal:8000";
 	ck_assert_msg(route_render(&r, &cfg, &ev, &rq, err, sizeof(err)) == 0,
 	    "%s", err);
-	ck_assert_str_eq(rq.url, "http://nlp.internal:8000/@evil.example/x");
+	ck_assert_str_eq(rq.url, "http://nlp.internal:8000/@evil.example%2Fx");
 	request_free(&rq);
 	route_free(&r);
 
-	/* Nor split the request line. */
-	route_init(&r, "/docs/{{data.document_id}}", "k", "{}", CONTENT_BODY);
+	/* Values are one segment's data: no new segment, query or escape. */
+	route_init(&r, "/docs/{{data.document_id}}/{{data.odd}}/{{data.up}}",
+	    "k", "{}", CONTENT_BODY);
+	ck_assert_msg(route_render(&r, &cfg, &ev, &rq, err, sizeof(err)) == 0,
+	    "%s", err);
+	ck_assert_str_eq(rq.url, "http://nlp.internal:8000/docs/d%201/"
+	    "a%2Fb%3Fc=1%23d%25e%C3%A9'$(x)/%2E%2E");
+	request_free(&rq);
+	route_free(&r);
+
+	/* A space written in the template itself is refused. */
+	route_init(&r, "/docs /{{data.n}}", "k", "{}", CONTENT_BODY);
 	ck_assert_int_eq(route_render(&r, &cfg, &ev, &rq, err, sizeof(err)),
 	    -1);
 	ck_assert_str_eq(err, "path: the rendered URL contains a space or "
 	    "control character");
+	route_free(&r);
+
+	/* The rendered body is held to nlp_api.max_request_bytes. */
+	route_init(&r, "/docs", "k", "{\"text\":\"{{data.cleaned_text}}\"}",
+	    CONTENT_BODY);
+	cfg.nlp_api.max_request_bytes = 12;
+	ck_assert_msg(route_render(&r, &cfg, &ev, &rq, err, sizeof(err)) == 0,
+	    "%s", err);
+	ck_assert_str_eq(rq.body, "{\"text\":\"x\"}");
+	request_free(&rq);
+	cfg.nlp_api.max_request_bytes = 11;
+	ck_assert_int_eq(route_render(&r, &cfg, &ev, &rq, err, sizeof(err)),
+	    -1);
+	ck_assert_str_eq(err, "body: the request body is 12 bytes, over "
+	    "nlp_api.max_request_bytes (11)");
+	cfg.nlp_api.max_request_bytes = 0;
 	route_free(&r);
 
 	route_init(&r, "/docs/{{data.missing}}", "k", "{}", CONTENT_BODY);
