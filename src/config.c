@@ -1929,6 +1929,16 @@ validate(struct loader *ld, struct config *cfg)
 		{ "nlp_api.base_url", CFG(nlp_api.base_url) },
 		{ "ledger.schema", CFG(ledger.schema) },
 	};
+	static const struct {
+		const char	*key;
+		size_t		 off;
+	} names[] = {
+		{ "source_stream", CFG(source_stream) },
+		{ "consumer_group", CFG(consumer_group) },
+		{ "consumer_name", CFG(consumer_name) },
+		{ "dead_letter_stream", CFG(dead_letter_stream) },
+		{ "event_field", CFG(event_field) },
+	};
 	const char *envnote = ld->stream_from_env ?
 	    " (source_stream comes from STAGE1_EVENT_STREAM)" : "";
 	const char *p;
@@ -1939,6 +1949,29 @@ validate(struct loader *ld, struct config *cfg)
 			continue;
 		key = xasprintf(SECTION ".%s", nonempty[i].key);
 		verr(ld, key, "%s: must not be empty", key);
+		free(key);
+		return -1;
+	}
+	/*
+	 * Names that reach Redis, the ledger, log lines and metric labels:
+	 * each is quoted or escaped where it goes, and still no space or
+	 * control character is let in (a newline in a consumer name makes
+	 * a log line that lies).
+	 */
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		const char *v = *FIELD(cfg, names[i].off, char *);
+
+		for (p = v; *p != '\0'; p++)
+			if ((unsigned char)*p <= 0x20 ||
+			    (unsigned char)*p == 0x7f)
+				break;
+		if (*p == '\0')
+			continue;
+		key = xasprintf(SECTION ".%s", names[i].key);
+		verr(ld, key, "%s: a space or control character (0x%02x) at "
+		    "byte %zu, after \"%.*s\"; a name here is one word%s", key,
+		    (unsigned char)*p, (size_t)(p - v) + 1, (int)(p - v), v,
+		    strcmp(names[i].key, "source_stream") == 0 ? envnote : "");
 		free(key);
 		return -1;
 	}

@@ -1222,6 +1222,20 @@ START_TEST(test_validation)
 	    "max_retry_delay_seconds: 300 is less than retry_delay_seconds");
 	expect_error("event_consumer:\n  shared_dir: shared\n",
 	    "event_consumer.shared_dir: must be an absolute path");
+	expect_error("event_consumer:\n  consumer_group: \"stage 2\"\n",
+	    "test.yaml:2:3: event_consumer.consumer_group: a space or control "
+	    "character (0x20) at byte 6, after \"stage\"; a name here is one "
+	    "word");
+	expect_error("event_consumer:\n  consumer_name: \"w1\\nlevel=error\"\n",
+	    "event_consumer.consumer_name: a space or control character (0x0a) "
+	    "at byte 3, after \"w1\"");
+	expect_error("event_consumer:\n  source_stream: \"s\\tx\"\n",
+	    "event_consumer.source_stream: a space or control character");
+	expect_error("event_consumer:\n  dead_letter_stream: \"d\\x7f\"\n",
+	    "event_consumer.dead_letter_stream: a space or control character "
+	    "(0x7f)");
+	expect_error("event_consumer:\n  event_field: \"my event\"\n",
+	    "event_consumer.event_field: a space");
 }
 END_TEST
 
