@@ -5,6 +5,7 @@
 #define STAGERELAY_UTIL_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 /* All of these abort the process on allocation failure. Callers free(). */
@@ -59,6 +60,12 @@ int	 str_has_control(const char *s);
  * to run before a parser that recurses: "[[[[" is 4.
  */
 int	 json_depth(const char *s, size_t len, int stop);
+
+/*
+ * Whether JSON text holds the escape \u0000 in a string. cJSON cuts the
+ * string there without a word: "a\u0000b" would read as "a".
+ */
+bool	 json_has_nul_escape(const char *s, size_t len);
 
 /* strlcpy-like; always NUL-terminates when size > 0. */
 size_t	 strlcpy_s(char *, const char *, size_t);

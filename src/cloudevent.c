@@ -650,6 +650,9 @@ collect_structured(struct decoder *d, const struct entry_field *f,
 		return fail(d, "field %s contains a NUL byte", event_field);
 	if (too_deep(d, event_field, f->value, f->valuelen))
 		return CE_TOO_LARGE;
+	if (json_has_nul_escape(f->value, f->valuelen))
+		return fail(d, "field %s holds \\u0000 (a NUL character) in a "
+		    "string", event_field);
 	text = xstrndup(f->value, f->valuelen);
 	attrs = cJSON_ParseWithOpts(text, &end, 1);
 	if (attrs == NULL) {
@@ -807,6 +810,9 @@ add_data(struct decoder *d, cJSON *attrs, const char *ct, cJSON *ev)
 	if (too_deep(d, "data", data->valuestring,
 	    strlen(data->valuestring)))
 		return CE_TOO_LARGE;
+	if (json_has_nul_escape(data->valuestring, strlen(data->valuestring)))
+		return fail(d, "data holds \\u0000 (a NUL character) in a "
+		    "string");
 	parsed = cJSON_ParseWithOpts(data->valuestring, &end, 1);
 	if (parsed == NULL) {
 		if (ct == NULL)

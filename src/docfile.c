@@ -249,6 +249,11 @@ parse_line(const char *line, size_t len, size_t lineno,
 		    "max_json_depth (%d)", lineno, lim->max_depth);
 		return NULL;
 	}
+	if (json_has_nul_escape(line, len)) {
+		snprintf(err, errlen, "line %zu: a string holds \\u0000 (a NUL "
+		    "character)", lineno);
+		return NULL;
+	}
 	doc = cJSON_ParseWithLengthOpts(line, len, &end, 0);
 	if (doc == NULL || (end != NULL && !blank(end,
 	    len - (size_t)(end - line)))) {

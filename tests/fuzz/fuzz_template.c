@@ -73,6 +73,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		s = template_render_string(tmpl->valuestring,
 		    ctx != NULL ? ctx : fixed_ctx, err, sizeof(err));
 		free(s);
+		/* A URL path: what it renders has no byte outside pchar. */
+		s = template_render_url(tmpl->valuestring,
+		    ctx != NULL ? ctx : fixed_ctx, err, sizeof(err));
+		if (s != NULL && strchr(tmpl->valuestring, '/') == NULL &&
+		    strchr(tmpl->valuestring, '?') == NULL &&
+		    strchr(tmpl->valuestring, '#') == NULL &&
+		    (strchr(s, '/') != NULL || strchr(s, '?') != NULL ||
+		    strchr(s, '#') != NULL))
+			abort();
+		free(s);
 		(void)template_lookup(ctx != NULL ? ctx : fixed_ctx,
 		    tmpl->valuestring);
 	}

@@ -719,6 +719,47 @@ START_TEST(test_field_and_depth_limits)
 }
 END_TEST
 
+/* cJSON would cut "d\u0000x" to "d": a different document, silently. */
+START_TEST(test_nul_escape_is_refused)
+{
+	static const char data[] = "{\"document_id\":\"d\\u0000x\"}";
+	static const char fine[] = "{\"document_id\":\"d\\\\u0000x\"}";
+	struct entry_field f[] = {
+		{ "specversion", 11, "1.0", 3 },
+		{ "id", 2, "e1", 2 },
+		{ "source", 6, "s", 1 },
+		{ "type", 4, "t", 1 },
+		{ "data", 4, data, sizeof(data) - 1 },
+	};
+	struct entry_field s[1];
+	struct cloudevent ev;
+	char *event;
+
+	ck_assert_int_eq(cloudevent_decode(f, 5, NULL, NULL, &ev, detail,
+	    sizeof(detail)), CE_INVALID);
+	ck_assert_str_eq(detail, "data holds \\u0000 (a NUL character) in a "
+	    "string");
+
+	/* An escaped backslash before u0000 is text, not the escape. */
+	f[4].value = fine;
+	f[4].valuelen = sizeof(fine) - 1;
+	ck_assert_msg(cloudevent_decode(f, 5, NULL, NULL, &ev, detail,
+	    sizeof(detail)) == CE_OK, "%s", detail);
+	ck_assert_str_eq(cJSON_GetObjectItem(ev.data, "document_id")->
+	    valuestring, "d\\u0000x");
+	cloudevent_free(&ev);
+
+	event = xasprintf("{\"specversion\":\"1.0\",\"id\":\"e1\","
+	    "\"source\":\"s\",\"type\":\"t\",\"data\":%s}", data);
+	s[0] = (struct entry_field){ "event", 5, event, strlen(event) };
+	ck_assert_int_eq(cloudevent_decode(s, 1, NULL, NULL, &ev, detail,
+	    sizeof(detail)), CE_INVALID);
+	ck_assert_str_eq(detail, "field event holds \\u0000 (a NUL character) "
+	    "in a string");
+	free(event);
+}
+END_TEST
+
 START_TEST(test_duplicate_fields)
 {
 	struct cloudevent ev;
@@ -790,6 +831,7 @@ cloudevent_suite(void)
 	tcase_add_test(tc, test_detail_truncated);
 	tcase_add_test(tc, test_too_large);
 	tcase_add_test(tc, test_field_and_depth_limits);
+	tcase_add_test(tc, test_nul_escape_is_refused);
 	tcase_add_test(tc, test_duplicate_fields);
 	tcase_add_test(tc, test_custom_event_field);
 	tcase_add_test(tc, test_error_reason);
