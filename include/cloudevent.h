@@ -77,6 +77,13 @@ bool	cloudevent_media_type_is_json(const char *content_type);
 /* The 6-bit value of a base64 character (RFC 4648), or -1. */
 int	cloudevent_b64_value(unsigned char);
 
+/*
+ * A member name that appears twice in one object anywhere in v, or NULL.
+ * JSON readers differ on which of the two counts (cJSON takes the first,
+ * Python's json the last), so such JSON is refused, not guessed at.
+ */
+const char *cloudevent_json_duplicate(const cJSON *v);
+
 /* Parses RFC 3339 (seconds required, Z or ±hh:mm); -1 if invalid. */
 int	cloudevent_parse_time(const char *, long long *unix_ms);
 

@@ -299,6 +299,35 @@ find_duplicate(struct name_ref *names, size_t n)
 	return NULL;
 }
 
+const char *
+cloudevent_json_duplicate(const cJSON *v)
+{
+	struct name_ref *names;
+	const struct name_ref *dup;
+	const char *found = NULL;
+	size_t n = 0;
+
+	if (!cJSON_IsObject(v) && !cJSON_IsArray(v))
+		return NULL;
+	for (const cJSON *c = v->child; c != NULL; c = c->next) {
+		if ((found = cloudevent_json_duplicate(c)) != NULL)
+			return found;
+		n++;
+	}
+	if (!cJSON_IsObject(v) || n < 2)
+		return NULL;
+	names = xcalloc(n, sizeof(*names));
+	n = 0;
+	for (const cJSON *c = v->child; c != NULL; c = c->next) {
+		names[n].name = c->string;
+		names[n++].len = strlen(c->string);
+	}
+	if ((dup = find_duplicate(names, n)) != NULL)
+		found = dup->name;
+	free(names);
+	return found;
+}
+
 /* RFC 2045 token characters: printable ASCII but tspecials. */
 static bool
 is_tchar(unsigned char c)
@@ -771,7 +800,8 @@ static enum cloudevent_error
 add_data(struct decoder *d, cJSON *attrs, const char *ct, cJSON *ev)
 {
 	cJSON *data, *b64, *parsed;
-	const char *end = NULL;
+	const char *end = NULL, *dup;
+	char q[QUOTE_BUF];
 
 	data = cJSON_GetObjectItemCaseSensitive(attrs, "data");
 	b64 = cJSON_GetObjectItemCaseSensitive(attrs, "data_base64");
@@ -800,6 +830,10 @@ add_data(struct decoder *d, cJSON *attrs, const char *ct, cJSON *ev)
 		return CE_OK;
 	if (!d->flat) {
 		/* Any JSON value, taken over as it is. */
+		if ((dup = cloudevent_json_duplicate(data)) != NULL)
+			return fail(d, "data has the member \"%s\" twice in "
+			    "one object", quote(q, sizeof(q), dup,
+			    strlen(dup)));
 		add(ev, "data", cJSON_DetachItemViaPointer(attrs, data));
 		return CE_OK;
 	}
@@ -820,6 +854,13 @@ add_data(struct decoder *d, cJSON *attrs, const char *ct, cJSON *ev)
 			    "datacontenttype, so JSON is assumed)");
 		return fail(d, "data is not valid JSON (datacontenttype %s)",
 		    ct);
+	}
+	/* Readers differ on which one counts: the API may take the last. */
+	if ((dup = cloudevent_json_duplicate(parsed)) != NULL) {
+		fail(d, "data has the member \"%s\" twice in one object",
+		    quote(q, sizeof(q), dup, strlen(dup)));
+		cJSON_Delete(parsed);
+		return CE_INVALID;
 	}
 	add(ev, "data", parsed);
 	return CE_OK;

@@ -30,6 +30,7 @@
 
 #include <cJSON.h>
 
+#include "cloudevent.h"
 #include "docfile.h"
 #include "util.h"
 
@@ -234,7 +235,7 @@ static cJSON *
 parse_line(const char *line, size_t len, size_t lineno,
     const struct docfile_limits *lim, char *err, size_t errlen)
 {
-	const char *end = NULL;
+	const char *end = NULL, *dup;
 	const cJSON *id;
 	cJSON *doc;
 
@@ -258,6 +259,20 @@ parse_line(const char *line, size_t len, size_t lineno,
 	if (doc == NULL || (end != NULL && !blank(end,
 	    len - (size_t)(end - line)))) {
 		snprintf(err, errlen, "line %zu: not one JSON value", lineno);
+		cJSON_Delete(doc);
+		return NULL;
+	}
+	if ((dup = cloudevent_json_duplicate(doc)) != NULL) {
+		char name[65];
+		size_t i;
+
+		/* The name is the file's: nothing but printable ASCII out. */
+		for (i = 0; dup[i] != '\0' && i < sizeof(name) - 1; i++)
+			name[i] = dup[i] > 0x20 && dup[i] < 0x7f &&
+			    dup[i] != '"' ? dup[i] : '?';
+		name[i] = '\0';
+		snprintf(err, errlen, "line %zu: the member \"%s\" appears "
+		    "twice in one object", lineno, name);
 		cJSON_Delete(doc);
 		return NULL;
 	}

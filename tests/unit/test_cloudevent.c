@@ -760,6 +760,53 @@ START_TEST(test_nul_escape_is_refused)
 }
 END_TEST
 
+/* cJSON reads the first of two members, Python's json the last. */
+START_TEST(test_duplicate_members_in_data)
+{
+	static const char data[] = "{\"document_id\":\"a\",\"meta\":"
+	    "[{\"k\":1,\"k\":2}],\"x\":1}";
+	static const char twice[] = "{\"document_id\":\"a\","
+	    "\"document_id\":\"b\"}";
+	static const char apart[] = "{\"a\":{\"k\":1},\"b\":{\"k\":2}}";
+	struct entry_field f[] = {
+		{ "specversion", 11, "1.0", 3 },
+		{ "id", 2, "e1", 2 },
+		{ "source", 6, "s", 1 },
+		{ "type", 4, "t", 1 },
+		{ "data", 4, data, sizeof(data) - 1 },
+	};
+	struct entry_field s[1];
+	struct cloudevent ev;
+	char *event;
+
+	ck_assert_int_eq(cloudevent_decode(f, 5, NULL, NULL, &ev, detail,
+	    sizeof(detail)), CE_INVALID);
+	ck_assert_str_eq(detail, "data has the member \"k\" twice in one "
+	    "object");
+	f[4].value = twice;
+	f[4].valuelen = sizeof(twice) - 1;
+	ck_assert_int_eq(cloudevent_decode(f, 5, NULL, NULL, &ev, detail,
+	    sizeof(detail)), CE_INVALID);
+	ck_assert_str_eq(detail, "data has the member \"document_id\" twice "
+	    "in one object");
+	/* The same name in two objects is fine. */
+	f[4].value = apart;
+	f[4].valuelen = sizeof(apart) - 1;
+	ck_assert_msg(cloudevent_decode(f, 5, NULL, NULL, &ev, detail,
+	    sizeof(detail)) == CE_OK, "%s", detail);
+	cloudevent_free(&ev);
+
+	event = xasprintf("{\"specversion\":\"1.0\",\"id\":\"e1\","
+	    "\"source\":\"s\",\"type\":\"t\",\"data\":%s}", twice);
+	s[0] = (struct entry_field){ "event", 5, event, strlen(event) };
+	ck_assert_int_eq(cloudevent_decode(s, 1, NULL, NULL, &ev, detail,
+	    sizeof(detail)), CE_INVALID);
+	ck_assert_str_eq(detail, "data has the member \"document_id\" twice "
+	    "in one object");
+	free(event);
+}
+END_TEST
+
 START_TEST(test_duplicate_fields)
 {
 	struct cloudevent ev;
@@ -832,6 +879,7 @@ cloudevent_suite(void)
 	tcase_add_test(tc, test_too_large);
 	tcase_add_test(tc, test_field_and_depth_limits);
 	tcase_add_test(tc, test_nul_escape_is_refused);
+	tcase_add_test(tc, test_duplicate_members_in_data);
 	tcase_add_test(tc, test_duplicate_fields);
 	tcase_add_test(tc, test_custom_event_field);
 	tcase_add_test(tc, test_error_reason);

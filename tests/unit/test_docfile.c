@@ -234,6 +234,9 @@ START_TEST(test_bad_lines_are_named)
 		{ "{\"document_id\":\"\"}\n", "line 1: document_id is empty" },
 		{ "\n\n{\"document_id\":\"a\\nb\"}\n",
 		    "line 3: document_id contains a control character" },
+		{ "{\"document_id\":\"a\",\"document_id\":\"b\"}\n",
+		    "line 1: the member \"document_id\" appears twice in one "
+		    "object" },
 		{ "{\"document_id\":\"a\\u0000b\"}\n",
 		    "line 1: a string holds \\u0000 (a NUL character)" },
 	};
