@@ -1796,6 +1796,31 @@ perm_warn(struct config *cfg, const char *file, const char *keys,
 		    "stagerelay runs as)", file);
 }
 
+/* Settings that expose the API's traffic: said, not refused. */
+static void
+check_transport(struct config *cfg)
+{
+	const char *url = cfg->nlp_api.base_url, *host, *end;
+	bool https = strncmp(url, "https://", 8) == 0, loopback;
+
+	if (https && !cfg->nlp_api.verify_tls)
+		add_warning(cfg, "config: nlp_api.verify_tls is false: the "
+		    "certificate of %s is not checked, so whoever is on the "
+		    "way can read and answer the requests; name its CA in "
+		    "nlp_api.ca_file instead", url);
+	if (https || cfg->nlp_api.nheaders == 0)
+		return;
+	host = url + 7;
+	end = host + strcspn(host, "/?#");
+	loopback = (end - host >= 9 && strncmp(host, "127.", 4) == 0) ||
+	    strncmp(host, "localhost", 9) == 0 ||
+	    strncmp(host, "[::1]", 5) == 0;
+	if (!loopback)
+		add_warning(cfg, "config: nlp_api.headers are sent in clear "
+		    "text to %.*s (http://); use https:// if they hold a "
+		    "credential", (int)(end - host), host);
+}
+
 static void
 check_permissions(struct loader *ld, struct config *cfg)
 {
@@ -2064,6 +2089,7 @@ finish(struct loader *ld, struct config *cfg)
 	if (validate(ld, cfg) == -1)
 		return -1;
 	check_permissions(ld, cfg);
+	check_transport(cfg);
 	return 0;
 }
 

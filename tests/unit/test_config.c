@@ -1239,6 +1239,47 @@ START_TEST(test_validation)
 }
 END_TEST
 
+/* Loads yaml, which must succeed with exactly the warnings given. */
+static void
+expect_transport(const char *yaml, const char *want)
+{
+	struct config c;
+
+	ck_assert_msg(load(yaml, &c) == 0, "%s", err);
+	if (want == NULL)
+		ck_assert_msg(c.nwarnings == 0, "%s: unexpected %s", yaml,
+		    c.nwarnings ? c.warnings[0] : "");
+	else {
+		ck_assert_msg(c.nwarnings == 1, "%s: %zu warnings", yaml,
+		    c.nwarnings);
+		ck_assert_msg(strstr(c.warnings[0], want) != NULL,
+		    "\"%s\" lacks \"%s\"", c.warnings[0], want);
+	}
+	config_free(&c);
+}
+
+START_TEST(test_transport_warnings)
+{
+	expect_transport("event_consumer:\n  nlp_api:\n    base_url: "
+	    "https://nlp.example\n    verify_tls: false\n",
+	    "config: nlp_api.verify_tls is false: the certificate of "
+	    "https://nlp.example is not checked");
+	/* Off over plain HTTP changes nothing: nothing to verify. */
+	expect_transport("event_consumer:\n  nlp_api:\n    base_url: "
+	    "http://nlp.example\n    verify_tls: false\n", NULL);
+	expect_transport("event_consumer:\n  nlp_api:\n    base_url: "
+	    "http://nlp.example:8000/api\n    headers: {X-Key: k}\n",
+	    "config: nlp_api.headers are sent in clear text to "
+	    "nlp.example:8000 (http://)");
+	expect_transport("event_consumer:\n  nlp_api:\n    base_url: "
+	    "http://127.0.0.1:8000\n    headers: {X-Key: k}\n", NULL);
+	expect_transport("event_consumer:\n  nlp_api:\n    base_url: "
+	    "http://localhost:8000\n    headers: {X-Key: k}\n", NULL);
+	expect_transport("event_consumer:\n  nlp_api:\n    base_url: "
+	    "https://nlp.example\n    headers: {X-Key: k}\n", NULL);
+}
+END_TEST
+
 START_TEST(test_err_buffer)
 {
 	struct config c;
@@ -1357,6 +1398,7 @@ config_suite(void)
 	tcase_add_test(tc, test_print_round_trip);
 	tcase_add_test(tc, test_password_files);
 	tcase_add_test(tc, test_readable_secret_warning);
+	tcase_add_test(tc, test_transport_warnings);
 	tcase_add_test(tc, test_validation);
 	tcase_add_test(tc, test_err_buffer);
 	tcase_add_test(tc, test_examples_load);
