@@ -55,17 +55,13 @@ void		 format_utc_ms(char *, size_t, long long unix_ms);
 int	 str_has_control(const char *s);
 
 /*
- * The deepest nesting of arrays and objects in JSON text (strings are
- * skipped, escapes honoured), counting no further than stop. Cheap enough
- * to run before a parser that recurses: "[[[[" is 4.
+ * One pass over JSON text before a parser sees it: returns the deepest
+ * nesting of arrays and objects ("[[[[" is 4), counting no further than
+ * stop, and sets *nul_escape when a string holds the escape \u0000 (cJSON
+ * cuts the string there without a word: "a\u0000b" would read as "a").
+ * Strings are skipped, their escapes honoured.
  */
-int	 json_depth(const char *s, size_t len, int stop);
-
-/*
- * Whether JSON text holds the escape \u0000 in a string. cJSON cuts the
- * string there without a word: "a\u0000b" would read as "a".
- */
-bool	 json_has_nul_escape(const char *s, size_t len);
+int	 json_scan(const char *s, size_t len, int stop, bool *nul_escape);
 
 /* strlcpy-like; always NUL-terminates when size > 0. */
 size_t	 strlcpy_s(char *, const char *, size_t);

@@ -12,6 +12,7 @@
 #define _GNU_SOURCE 1
 #endif
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -66,21 +67,26 @@ fail(struct decoder *d, const char *fmt, ...)
 }
 
 /*
- * Whether JSON text nests deeper than max_json_depth: checked before the
- * parser (which recurses) sees it. what names the text for the detail.
+ * JSON text before the parser (which recurses) sees it: no deeper than
+ * max_json_depth, and no \u0000, which cJSON would silently cut a string
+ * at. what names the text for the detail.
  */
-static bool
-too_deep(struct decoder *d, const char *what, const char *s, size_t len)
+static enum cloudevent_error
+pre_parse(struct decoder *d, const char *what, const char *s, size_t len)
 {
-	int depth;
+	int stop = d->max_depth > 0 ? d->max_depth + 1 : INT_MAX;
+	bool nul;
 
-	if (d->max_depth <= 0 ||
-	    (depth = json_depth(s, len, d->max_depth + 1)) <= d->max_depth)
-		return false;
-	if (d->detaillen > 0)
-		snprintf(d->detail, d->detaillen, "%s nests JSON deeper than "
-		    "max_json_depth (%d)", what, d->max_depth);
-	return true;
+	if (json_scan(s, len, stop, &nul) >= stop) {
+		if (d->detaillen > 0)
+			snprintf(d->detail, d->detaillen, "%s nests JSON deeper "
+			    "than max_json_depth (%d)", what, d->max_depth);
+		return CE_TOO_LARGE;
+	}
+	if (nul)
+		return fail(d, "%s holds \\u0000 (a NUL character) in a "
+		    "string", what);
+	return CE_OK;
 }
 
 /*
@@ -316,6 +322,14 @@ cloudevent_json_duplicate(const cJSON *v)
 	}
 	if (!cJSON_IsObject(v) || n < 2)
 		return NULL;
+	/* Most objects are small: compared pairwise, nothing allocated. */
+	if (n <= 16) {
+		for (const cJSON *a = v->child; a != NULL; a = a->next)
+			for (const cJSON *b = a->next; b != NULL; b = b->next)
+				if (strcmp(a->string, b->string) == 0)
+					return b->string;
+		return NULL;
+	}
 	names = xcalloc(n, sizeof(*names));
 	n = 0;
 	for (const cJSON *c = v->child; c != NULL; c = c->next) {
@@ -670,6 +684,7 @@ collect_structured(struct decoder *d, const struct entry_field *f,
 {
 	struct name_ref *names;
 	const struct name_ref *dup;
+	enum cloudevent_error rv;
 	const char *end = NULL;
 	char q[QUOTE_BUF], *text;
 	cJSON *attrs, *c;
@@ -677,11 +692,9 @@ collect_structured(struct decoder *d, const struct entry_field *f,
 
 	if (memchr(f->value, '\0', f->valuelen) != NULL)
 		return fail(d, "field %s contains a NUL byte", event_field);
-	if (too_deep(d, event_field, f->value, f->valuelen))
-		return CE_TOO_LARGE;
-	if (json_has_nul_escape(f->value, f->valuelen))
-		return fail(d, "field %s holds \\u0000 (a NUL character) in a "
-		    "string", event_field);
+	snprintf(q, sizeof(q), "field %s", event_field);
+	if ((rv = pre_parse(d, q, f->value, f->valuelen)) != CE_OK)
+		return rv;
 	text = xstrndup(f->value, f->valuelen);
 	attrs = cJSON_ParseWithOpts(text, &end, 1);
 	if (attrs == NULL) {
@@ -801,6 +814,7 @@ add_data(struct decoder *d, cJSON *attrs, const char *ct, cJSON *ev)
 {
 	cJSON *data, *b64, *parsed;
 	const char *end = NULL, *dup;
+	enum cloudevent_error rv;
 	char q[QUOTE_BUF];
 
 	data = cJSON_GetObjectItemCaseSensitive(attrs, "data");
@@ -841,12 +855,9 @@ add_data(struct decoder *d, cJSON *attrs, const char *ct, cJSON *ev)
 		add(ev, "data", cJSON_CreateString(data->valuestring));
 		return CE_OK;
 	}
-	if (too_deep(d, "data", data->valuestring,
-	    strlen(data->valuestring)))
-		return CE_TOO_LARGE;
-	if (json_has_nul_escape(data->valuestring, strlen(data->valuestring)))
-		return fail(d, "data holds \\u0000 (a NUL character) in a "
-		    "string");
+	if ((rv = pre_parse(d, "data", data->valuestring,
+	    strlen(data->valuestring))) != CE_OK)
+		return rv;
 	parsed = cJSON_ParseWithOpts(data->valuestring, &end, 1);
 	if (parsed == NULL) {
 		if (ct == NULL)

@@ -238,19 +238,20 @@ parse_line(const char *line, size_t len, size_t lineno,
 	const char *end = NULL, *dup;
 	const cJSON *id;
 	cJSON *doc;
+	int stop = lim->max_depth > 0 ? lim->max_depth + 1 : INT_MAX;
+	bool nul;
 
 	if (lim->max_line != 0 && len > lim->max_line) {
 		snprintf(err, errlen, "line %zu: %zu bytes, over the line "
 		    "limit (max_event_bytes %zu)", lineno, len, lim->max_line);
 		return NULL;
 	}
-	if (lim->max_depth > 0 &&
-	    json_depth(line, len, lim->max_depth + 1) > lim->max_depth) {
+	if (json_scan(line, len, stop, &nul) >= stop) {
 		snprintf(err, errlen, "line %zu: nests JSON deeper than "
 		    "max_json_depth (%d)", lineno, lim->max_depth);
 		return NULL;
 	}
-	if (json_has_nul_escape(line, len)) {
+	if (nul) {
 		snprintf(err, errlen, "line %zu: a string holds \\u0000 (a NUL "
 		    "character)", lineno);
 		return NULL;

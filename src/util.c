@@ -297,50 +297,36 @@ strset_has(const struct strset *set, const char *s)
 }
 
 int
-json_depth(const char *s, size_t len, int stop)
+json_scan(const char *s, size_t len, int stop, bool *nul_escape)
 {
 	int depth = 0, deepest = 0;
-	bool in_string = false;
 
+	*nul_escape = false;
 	for (size_t i = 0; i < len; i++) {
-		char c = s[i];
-
-		if (in_string) {
-			if (c == '\\')
-				i++;
-			else if (c == '"')
-				in_string = false;
-		} else if (c == '"')
-			in_string = true;
-		else if (c == '[' || c == '{') {
+		switch (s[i]) {
+		case '"':
+			/* To the closing quote; an escape takes two bytes. */
+			for (i++; i < len && s[i] != '"'; i++) {
+				if (s[i] != '\\' || ++i >= len)
+					continue;
+				if (s[i] == 'u' && i + 4 < len &&
+				    memcmp(s + i + 1, "0000", 4) == 0)
+					*nul_escape = true;
+			}
+			break;
+		case '[':
+		case '{':
 			if (++depth > deepest && (deepest = depth) >= stop)
 				return deepest;
-		} else if ((c == ']' || c == '}') && depth > 0)
-			depth--;
+			break;
+		case ']':
+		case '}':
+			if (depth > 0)
+				depth--;
+			break;
+		}
 	}
 	return deepest;
-}
-
-bool
-json_has_nul_escape(const char *s, size_t len)
-{
-	bool in_string = false;
-
-	for (size_t i = 0; i < len; i++) {
-		if (!in_string) {
-			in_string = s[i] == '"';
-			continue;
-		}
-		if (s[i] == '"')
-			in_string = false;
-		else if (s[i] == '\\' && i + 1 < len) {
-			if (s[i + 1] == 'u' && i + 5 < len &&
-			    memcmp(s + i + 2, "0000", 4) == 0)
-				return true;
-			i++;	/* the escaped character */
-		}
-	}
-	return false;
 }
 
 int

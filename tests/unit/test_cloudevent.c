@@ -713,8 +713,8 @@ START_TEST(test_field_and_depth_limits)
 	lim.max_depth = 4;
 	ck_assert_int_eq(cloudevent_decode(s, 1, NULL, &lim, &ev, detail,
 	    sizeof(detail)), CE_TOO_LARGE);
-	ck_assert_str_eq(detail, "event nests JSON deeper than max_json_depth "
-	    "(4)");
+	ck_assert_str_eq(detail, "field event nests JSON deeper than "
+	    "max_json_depth (4)");
 	free(event);
 }
 END_TEST
