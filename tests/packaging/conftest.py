@@ -443,9 +443,11 @@ def notify_socket():
 class Service:
     """A process started the way systemd starts the unit's ExecStart:
     as User=/Group= with no supplementary groups, UMask=, cwd /, a clean
-    environment, stdin /dev/null; its stderr (the journal) is collected."""
+    environment, stdin /dev/null; its stderr (the journal) is collected.
+    drop=False starts argv as root, for a wrapper (strace -u, setpriv)
+    that becomes the user itself."""
 
-    def __init__(self, argv, user, env, umask):
+    def __init__(self, argv, user, env, umask, drop=True):
         # WATCHDOG_PID is the main pid, known only once forked: sh sets it
         # and execs, keeping its pid.
         if "WATCHDOG_USEC" in env:
@@ -453,11 +455,12 @@ class Service:
                     'WATCHDOG_PID=$$; export WATCHDOG_PID; exec "$@"',
                     "sh"] + list(argv)
         self.argv = argv
+        ids = dict(user=user.uid, group=user.gid, extra_groups=[]) \
+            if drop else {}
         self.proc = subprocess.Popen(
-            argv, env=env, cwd="/", user=user.uid, group=user.gid,
-            extra_groups=[], umask=umask, stdin=subprocess.DEVNULL,
+            argv, env=env, cwd="/", umask=umask, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            errors="replace")
+            errors="replace", **ids)
         self.pid = self.proc.pid
         self._lines = []
         self._lock = threading.Lock()

@@ -6,7 +6,7 @@ datagrams, pidfiles, process owners, requests at the API, lines in the
 log file. systemd is not PID 1 here, so the unit's commands are run by
 this test as systemd would run them (User=, Group=, UMask=, a clean
 environment, NOTIFY_SOCKET, WATCHDOG_USEC); the sandboxing settings are
-checked by systemd-analyze only.
+checked by systemd-analyze here, and emulated in test_sandbox.py.
 """
 
 import grp
