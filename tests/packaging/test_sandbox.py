@@ -25,10 +25,12 @@ import re
 import shlex
 import signal
 import sys
+import urllib.request
 
 import pytest
 
 import logfmt
+import servers
 from conftest import (EXIT_OK, Service, children_of_any, exec_argv,
                       is_our_binary, need_root, need_tool, pid_alive,
                       proc_status, run, service_env, show, timespan_s,
@@ -194,7 +196,10 @@ def test_the_daemon_uses_only_syscalls_the_unit_allows(unit, world,
     user = world.user
     n = notify_socket
     umask = unit_umask(unit)
-    config = world.write_config(**by_name(world))
+    # The metrics endpoint on too: its listener is part of the daemon.
+    metrics_port = servers.free_port()
+    config = world.write_config(**by_name(
+        world, metrics={"listen": "127.0.0.1:%d" % metrics_port}))
     traces = {}         # command -> (trace file, its binary)
 
     def traced(what, argv):
@@ -234,6 +239,9 @@ def test_the_daemon_uses_only_syscalls_the_unit_allows(unit, world,
         n.wait("WATCHDOG=1", timeout=5)
 
         trigger(world, "doc-sc-1")
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics"
+                                    % metrics_port, timeout=10) as r:
+            assert r.status == 200 and b"stagerelay_" in r.read()
 
         reload_ = [w.replace("$MAINPID", str(master)) for w in
                    exec_argv(unit_value(unit, "Service", "ExecReload"))]
@@ -325,8 +333,12 @@ def test_the_daemon_uses_only_syscalls_the_unit_allows(unit, world,
 # ---- the file system and privileges --------------------------------------
 
 # ReadWritePaths= of the unit -> the world's stand-in (a directory the
-# test's configuration points the daemon at). A path the unit gains here
-# fails the test until it has a stand-in.
+# test's configuration points the daemon at). The unit lists only the log
+# directory (logging.file); under Type=notify there is no pidfile and so
+# no /run/stagerelay. The real /var/log/stagerelay is the host's, not the
+# test's: world/log, created as the package's postinst creates the real
+# one, takes its place. A path the unit gains here fails the test until
+# it has a stand-in.
 RW_STANDINS = {"/var/log/stagerelay": "log"}
 
 
