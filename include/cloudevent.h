@@ -84,6 +84,9 @@ int	cloudevent_b64_value(unsigned char);
  */
 const char *cloudevent_json_duplicate(const cJSON *v);
 
+/* Whether s[0..n) is well-formed UTF-8 (no overlongs, no surrogates). */
+bool	cloudevent_utf8_valid(const char *s, size_t n);
+
 /* Parses RFC 3339 (seconds required, Z or ±hh:mm); -1 if invalid. */
 int	cloudevent_parse_time(const char *, long long *unix_ms);
 

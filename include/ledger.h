@@ -11,6 +11,14 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/*
+ * The longest document key, in bytes. The ledger's unique index holds the
+ * key, and a B-tree entry must fit a third of a page (about 2700 bytes);
+ * batch chunk keys add "#k/n". Longer keys are refused before the ledger
+ * is asked.
+ */
+#define LEDGER_KEY_MAX	1024
+
 struct ledger;
 
 /* What a claim says about a document key. */
@@ -88,10 +96,16 @@ int	ledger_migrate(struct ledger *);
  * Claims docs[0..n) in one round trip; fills claim, attempts, prev_status.
  * Keys must be unique within the call. lease_s: how long our claim holds;
  * ttl_hours: dedup window (0 = forever); check_done false re-owns
- * documents already triggered. Returns 0 or -1.
+ * documents already triggered. Returns 0, -1 (the ledger is unreachable
+ * or failed: try again later), or LEDGER_REFUSED when PostgreSQL refuses
+ * the documents themselves (a data exception or a program limit, such
+ * as a key too long for the index): asking again changes nothing, and
+ * ledger_refusal() says why.
  */
+#define LEDGER_REFUSED	(-2)
 int	ledger_claim(struct ledger *, struct ledger_doc *docs, size_t n,
 	    int lease_s, double ttl_hours, bool check_done);
+const char *ledger_refusal(const struct ledger *);
 
 /*
  * Records the outcome of docs[0..n) (status, and a deliveries row where

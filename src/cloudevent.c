@@ -305,6 +305,12 @@ find_duplicate(struct name_ref *names, size_t n)
 	return NULL;
 }
 
+bool
+cloudevent_utf8_valid(const char *s, size_t n)
+{
+	return utf8_valid(s, n);
+}
+
 const char *
 cloudevent_json_duplicate(const cJSON *v)
 {
@@ -801,7 +807,16 @@ add_extensions(struct decoder *d, const cJSON *attrs, cJSON *ev)
 		if (cJSON_IsString(c)) {
 			if (check_string(d, c->string, c->valuestring) != CE_OK)
 				return CE_INVALID;
-		} else if (!cJSON_IsNumber(c) && !cJSON_IsBool(c))
+		} else if (cJSON_IsNumber(c)) {
+			/* The CloudEvents Integer: whole, and a signed 32 bits. */
+			double v = c->valuedouble;
+
+			if (v != (double)(long long)v || v < -2147483648.0 ||
+			    v > 2147483647.0)
+				return fail(d, "extension %s must be an integer "
+				    "from -2147483648 to 2147483647 (got %.17g)",
+				    c->string, v);
+		} else if (!cJSON_IsBool(c))
 			return fail(d, "extension %s must be a string, number "
 			    "or boolean (got %s)", c->string, json_kind(c));
 		add(ev, c->string, cJSON_Duplicate(c, 0));

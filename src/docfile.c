@@ -32,6 +32,7 @@
 
 #include "cloudevent.h"
 #include "docfile.h"
+#include "ledger.h"
 #include "util.h"
 
 /* Says why, keeping errno for the caller to judge. */
@@ -251,6 +252,23 @@ parse_line(const char *line, size_t len, size_t lineno,
 		    "max_json_depth (%d)", lineno, lim->max_depth);
 		return NULL;
 	}
+	/*
+	 * cJSON takes raw control bytes inside strings (JSON does not) and
+	 * stops a string at a NUL byte; PostgreSQL and the API want UTF-8.
+	 */
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)line[i];
+
+		if (c < 0x20 && c != '\t' && c != '\r') {
+			snprintf(err, errlen, "line %zu: a raw control byte "
+			    "(0x%02x) at byte %zu", lineno, c, i + 1);
+			return NULL;
+		}
+	}
+	if (!cloudevent_utf8_valid(line, len)) {
+		snprintf(err, errlen, "line %zu: not valid UTF-8", lineno);
+		return NULL;
+	}
 	if (nul) {
 		snprintf(err, errlen, "line %zu: a string holds \\u0000 (a NUL "
 		    "character)", lineno);
@@ -290,6 +308,13 @@ parse_line(const char *line, size_t len, size_t lineno,
 		    id == NULL ? "is missing" : !cJSON_IsString(id) ?
 		    "is not a string" : *id->valuestring == '\0' ?
 		    "is empty" : "contains a control character");
+		cJSON_Delete(doc);
+		return NULL;
+	}
+	if (strlen(id->valuestring) > LEDGER_KEY_MAX) {
+		snprintf(err, errlen, "line %zu: document_id is %zu bytes, over "
+		    "the %d the ledger indexes", lineno,
+		    strlen(id->valuestring), LEDGER_KEY_MAX);
 		cJSON_Delete(doc);
 		return NULL;
 	}

@@ -33,6 +33,7 @@ struct ledger {
 	char	*sql_note;
 	char	*sql_bury;
 	char	*qschema;	/* quoted, for the statements built on demand */
+	char	 refused[512];	/* why the last LEDGER_REFUSED */
 };
 
 /*
@@ -463,6 +464,12 @@ ledger_free(struct ledger *l)
 }
 
 const char *
+ledger_refusal(const struct ledger *l)
+{
+	return l->refused;
+}
+
+const char *
 ledger_schema(const struct ledger *l)
 {
 	return l->schema;
@@ -778,7 +785,20 @@ ledger_claim(struct ledger *l, struct ledger_doc *docs, size_t n, int lease_s,
 	    NULL, 0);
 	arrays_free(a, 8);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
 		log_warnx("ledger: claim failed: %s", pg_error(l->conn, res));
+		/*
+		 * 22xxx data exception, 54xxx program limit exceeded (a key
+		 * too long for the index): these documents will never be
+		 * taken, and asking again changes nothing.
+		 */
+		if (state != NULL && (strncmp(state, "22", 2) == 0 ||
+		    strncmp(state, "54", 2) == 0)) {
+			snprintf(l->refused, sizeof(l->refused), "SQLSTATE "
+			    "%s: %s", state, pg_error(l->conn, res));
+			ret = LEDGER_REFUSED;
+		}
 		goto out;
 	}
 	if ((size_t)PQntuples(res) != n) {

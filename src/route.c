@@ -20,6 +20,7 @@
 
 #include "cloudevent.h"
 #include "config.h"
+#include "ledger.h"
 #include "log.h"
 #include "route.h"
 #include "template.h"
@@ -125,6 +126,7 @@ render_key(const struct route *r, const cJSON *ctx, struct request *rq,
     char *err, size_t errlen)
 {
 	char msg[512];
+	size_t n;
 
 	msg[0] = '\0';
 	rq->idempotency_key = template_render_string(r->idempotency_key,
@@ -142,6 +144,19 @@ render_key(const struct route *r, const cJSON *ctx, struct request *rq,
 	if (str_has_control(rq->idempotency_key)) {
 		snprintf(err, errlen, "idempotency_key: the rendered key "
 		    "contains a control character");
+		return -1;
+	}
+	/* A header parser drops them: the API would see another key. */
+	n = strlen(rq->idempotency_key);
+	if (rq->idempotency_key[0] == ' ' || rq->idempotency_key[n - 1] == ' ') {
+		snprintf(err, errlen, "idempotency_key: the rendered key "
+		    "starts or ends with a space");
+		return -1;
+	}
+	if (n > LEDGER_KEY_MAX) {
+		snprintf(err, errlen, "idempotency_key: the rendered key is %zu "
+		    "bytes, over the %d the ledger indexes", n,
+		    LEDGER_KEY_MAX);
 		return -1;
 	}
 	return 0;

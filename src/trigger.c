@@ -19,6 +19,8 @@
 #include <cJSON.h>
 #include <curl/curl.h>
 
+#include "cloudevent.h"
+#include "ledger.h"
 #include "log.h"
 #include "trigger.h"
 #include "util.h"
@@ -234,6 +236,22 @@ trigger_classify(long status, const char *body, size_t bodylen,
 			out->remote_job_id = xstrdup(v->valuestring);
 		else if (cJSON_IsNumber(v))
 			out->remote_job_id = xasprintf("%.0f", v->valuedouble);
+		/*
+		 * The ledger indexes it and PostgreSQL takes only UTF-8: one
+		 * it could not keep is said, not recorded.
+		 */
+		if (out->remote_job_id != NULL &&
+		    (strlen(out->remote_job_id) > LEDGER_KEY_MAX ||
+		    str_has_control(out->remote_job_id) ||
+		    !cloudevent_utf8_valid(out->remote_job_id,
+		    strlen(out->remote_job_id)))) {
+			log_warnx("trigger: the answer's %s (%zu bytes) is too "
+			    "long for the ledger (%d), or not UTF-8 text; not "
+			    "recorded", job_id_field,
+			    strlen(out->remote_job_id), LEDGER_KEY_MAX);
+			free(out->remote_job_id);
+			out->remote_job_id = NULL;
+		}
 	}
 	cJSON_Delete(json);
 }

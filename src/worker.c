@@ -594,6 +594,7 @@ claim(struct worker *w, struct item *items, size_t n)
 	struct strset seen;
 	size_t total = 0, k = 0, *map, *sub;
 	long long recheck;
+	int rc = 0;
 
 	for (size_t i = 0; i < n; i++)
 		if (items[i].fate == FATE_CLAIM)
@@ -631,9 +632,31 @@ claim(struct worker *w, struct item *items, size_t n)
 		}
 	}
 	strset_free(&seen);
-	if (k > 0 && ledger_claim(w->ledger, docs, k,
+	if (k > 0 && (rc = ledger_claim(w->ledger, docs, k,
 	    w->cfg->ledger.lease_seconds, w->cfg->deduplication_ttl_hours,
-	    w->cfg->check_already_processed) == -1) {
+	    w->cfg->check_already_processed)) == LEDGER_REFUSED) {
+		/*
+		 * PostgreSQL refuses a document itself (input checks should
+		 * have caught it): the round is claimed again item by item,
+		 * so only the item that carries it is dead-lettered.
+		 */
+		size_t left = 0;
+
+		for (size_t i = 0; i < n; i++)
+			left += items[i].fate == FATE_CLAIM;
+		if (left == 1) {
+			for (size_t i = 0; i < n; i++)
+				if (items[i].fate == FATE_CLAIM)
+					dead(&items[i], "ledger_refused", "the "
+					    "ledger refused its documents: %s",
+					    ledger_refusal(w->ledger));
+		} else
+			for (size_t i = 0; i < n; i++)
+				if (items[i].fate == FATE_CLAIM)
+					claim(w, &items[i], 1);
+		goto out;
+	}
+	if (rc == -1) {
 		/* Every item still claiming is held. */
 		for (size_t i = 0; i < n; i++)
 			if (items[i].fate == FATE_CLAIM)

@@ -11,7 +11,9 @@ observes: dead letters and their reasons, ledger rows, requests at the API,
 exit codes and messages.
 """
 
+import random
 import re
+import string
 
 import pytest
 
@@ -133,3 +135,28 @@ def test_limit_keys_are_shown_by_check_config(env):
                  "max_documents_per_file: 5", "max_request_bytes: 2048",
                  "max_response_bytes: 8192"):
         assert line in r.stdout, r.stdout
+
+
+def test_a_document_the_ledger_refuses_is_dead_lettered_alone(env):
+    """PostgreSQL refuses a value the decoder let through: a CloudEvents id
+    of 3000 random characters is valid, but too long for the ledger's
+    B-tree index on event_id (SQLSTATE 54000). The read is claimed again
+    event by event: that one is dead-lettered naming the refusal, the
+    others in the same read are triggered, nothing stalls."""
+    rng = random.Random(54000)
+    long_id = "".join(rng.choice(string.ascii_letters + string.digits)
+                      for _ in range(3000))
+    bad = env.publisher.document_cleaned("doc-long-event-id", "refused",
+                                         event_id=long_id)
+    for i in range(3):
+        env.publisher.document_cleaned("doc-fine-%d" % i, "fine")
+    env.drain(env.write_config(batch_size=10))
+
+    reason, detail = dead_detail(env, bad)
+    assert reason == "ledger_refused", (reason, detail)
+    assert "the ledger refused its documents: SQLSTATE 54000" in detail, \
+        detail
+    assert env.row_status("doc-long-event-id") is None
+    assert sorted(r["document_id"] for r in env.rows()) == [
+        "doc-fine-0", "doc-fine-1", "doc-fine-2"]
+    assert env.pending() == 0

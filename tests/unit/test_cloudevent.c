@@ -761,6 +761,45 @@ START_TEST(test_nul_escape_is_refused)
 END_TEST
 
 /* cJSON reads the first of two members, Python's json the last. */
+/* Number extensions are CloudEvents Integers: whole, signed 32 bits. */
+START_TEST(test_integer_extensions)
+{
+	static const struct {
+		const char	*value;
+		bool		 ok;
+	} cases[] = {
+		{ "7", true }, { "-2147483648", true }, { "2147483647", true },
+		{ "1e3", true }, { "3.5", false }, { "2147483648", false },
+		{ "-2147483649", false }, { "1e300", false },
+	};
+	struct entry_field s[1];
+	struct cloudevent ev;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *event = xasprintf("{\"specversion\":\"1.0\",\"id\":"
+		    "\"e1\",\"source\":\"s\",\"type\":\"t\",\"seq\":%s}",
+		    cases[i].value);
+		enum cloudevent_error rv;
+
+		s[0] = (struct entry_field){ "event", 5, event, strlen(event) };
+		rv = cloudevent_decode(s, 1, NULL, NULL, &ev, detail,
+		    sizeof(detail));
+		if (cases[i].ok) {
+			ck_assert_msg(rv == CE_OK, "%s: %s", cases[i].value,
+			    detail);
+			cloudevent_free(&ev);
+		} else {
+			ck_assert_msg(rv == CE_INVALID, "%s passed",
+			    cases[i].value);
+			ck_assert_msg(strstr(detail, "extension seq must be an "
+			    "integer from -2147483648 to 2147483647") != NULL,
+			    "%s", detail);
+		}
+		free(event);
+	}
+}
+END_TEST
+
 START_TEST(test_duplicate_members_in_data)
 {
 	static const char data[] = "{\"document_id\":\"a\",\"meta\":"
@@ -880,6 +919,7 @@ cloudevent_suite(void)
 	tcase_add_test(tc, test_field_and_depth_limits);
 	tcase_add_test(tc, test_nul_escape_is_refused);
 	tcase_add_test(tc, test_duplicate_members_in_data);
+	tcase_add_test(tc, test_integer_extensions);
 	tcase_add_test(tc, test_duplicate_fields);
 	tcase_add_test(tc, test_custom_event_field);
 	tcase_add_test(tc, test_error_reason);

@@ -17,6 +17,7 @@
 
 #include "unit.h"
 #include "docfile.h"
+#include "util.h"
 
 static char base[64];		/* a temporary directory */
 static char shared[PATH_MAX + 16];	/* base/shared: the shared_dir */
@@ -220,6 +221,25 @@ START_TEST(test_count_and_depth_limits_are_named)
 }
 END_TEST
 
+START_TEST(test_document_ids_fit_the_ledger)
+{
+	char *line;
+
+	for (int len = 1024; len <= 1025; len++) {
+		line = xasprintf("{\"document_id\":\"%0*d\"}\n", len, 1);
+		put("shared/stage1/long.jsonl", line);
+		free(line);
+		if (len == 1024) {
+			ck_assert_msg(read_file("stage1/long.jsonl", 1 << 20,
+			    1 << 20) == 0, "%s", err);
+			docfile_free(&df);
+		} else
+			refused("stage1/long.jsonl", "line 1: document_id is "
+			    "1025 bytes, over the 1024 the ledger indexes");
+	}
+}
+END_TEST
+
 START_TEST(test_bad_lines_are_named)
 {
 	static const struct {
@@ -237,6 +257,9 @@ START_TEST(test_bad_lines_are_named)
 		{ "{\"document_id\":\"a\",\"document_id\":\"b\"}\n",
 		    "line 1: the member \"document_id\" appears twice in one "
 		    "object" },
+		{ "{\"document_id\":\"a\",\"t\":\"x\001y\"}\n",
+		    "line 1: a raw control byte (0x01) at byte 26" },
+		{ "{\"document_id\":\"\xff\"}\n", "line 1: not valid UTF-8" },
 		{ "{\"document_id\":\"a\\u0000b\"}\n",
 		    "line 1: a string holds \\u0000 (a NUL character)" },
 	};
@@ -265,6 +288,7 @@ docfile_suite(void)
 	tcase_add_test(tc, test_what_is_not_a_regular_file_is_refused);
 	tcase_add_test(tc, test_limits_are_named);
 	tcase_add_test(tc, test_count_and_depth_limits_are_named);
+	tcase_add_test(tc, test_document_ids_fit_the_ledger);
 	tcase_add_test(tc, test_bad_lines_are_named);
 	suite_add_tcase(s, tc);
 	return s;

@@ -15,8 +15,10 @@
 
 #include "cloudevent.h"
 #include "config.h"
+#include "ledger.h"
 #include "route.h"
 #include "template.h"
+#include "util.h"
 
 #define DOC_CLEANED	"com.storytelling.cleaning.document.cleaned"
 #define JOB_COMPLETED	"com.storytelling.cleaning.job.completed"
@@ -475,6 +477,35 @@ START_TEST(test_route_missing_document_id)
 	ck_assert_str_eq(err, "idempotency_key: the rendered key contains a "
 	    "control character");
 	cloudevent_free(&ev);
+
+	/* A header parser would drop the blanks: the API sees another key. */
+	document_event(&ev, "{\"document_id\":\" d\",\"cleaned_text\":\"x\"}");
+	ck_assert_int_eq(route_render(&r[0], &cfg, &ev, &rq, err, sizeof(err)),
+	    -1);
+	ck_assert_str_eq(err, "idempotency_key: the rendered key starts or "
+	    "ends with a space");
+	cloudevent_free(&ev);
+
+	/* The ledger's index holds keys up to LEDGER_KEY_MAX bytes. */
+	for (int len = LEDGER_KEY_MAX; len <= LEDGER_KEY_MAX + 1; len++) {
+		char *data = xasprintf("{\"document_id\":\"%0*d\","
+		    "\"cleaned_text\":\"x\"}", len, 1);
+
+		document_event(&ev, data);
+		free(data);
+		if (len == LEDGER_KEY_MAX) {
+			ck_assert_msg(route_render(&r[0], &cfg, &ev, &rq, err,
+			    sizeof(err)) == 0, "%s", err);
+			request_free(&rq);
+		} else {
+			ck_assert_int_eq(route_render(&r[0], &cfg, &ev, &rq,
+			    err, sizeof(err)), -1);
+			ck_assert_str_eq(err, "idempotency_key: the rendered "
+			    "key is 1025 bytes, over the 1024 the ledger "
+			    "indexes");
+		}
+		cloudevent_free(&ev);
+	}
 
 	for (size_t i = 0; i < n; i++)
 		route_free(&r[i]);

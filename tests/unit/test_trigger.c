@@ -7,6 +7,7 @@
 #include "unit.h"
 
 #include "trigger.h"
+#include "util.h"
 
 static struct trigger_result
 classify(long status, const char *body, const char *success_field,
@@ -107,6 +108,36 @@ START_TEST(test_success_true_and_job_id)
 }
 END_TEST
 
+/* A job id the ledger could not keep is not kept: the rest stands. */
+START_TEST(test_job_id_the_ledger_cannot_keep_is_dropped)
+{
+	static const char *bad[] = {
+		"{\"job_id\":\"a\\u0001b\"}",	/* a control character */
+		"{\"job_id\":\"\xff\xfe\"}",		/* not UTF-8 */
+	};
+	struct trigger_result r;
+	char *body;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		r = classify(202, bad[i], "success", "job_id");
+		ck_assert_int_eq(r.outcome, TRIGGER_SUCCESS);
+		ck_assert_ptr_null(r.remote_job_id);
+		trigger_result_clear(&r);
+	}
+	body = xasprintf("{\"job_id\":\"%0*d\"}", 1025, 7);
+	r = classify(202, body, "success", "job_id");
+	ck_assert_ptr_null(r.remote_job_id);
+	trigger_result_clear(&r);
+	free(body);
+	body = xasprintf("{\"job_id\":\"%0*d\"}", 1024, 7);
+	r = classify(202, body, "success", "job_id");
+	ck_assert_ptr_nonnull(r.remote_job_id);
+	ck_assert_uint_eq(strlen(r.remote_job_id), 1024);
+	trigger_result_clear(&r);
+	free(body);
+}
+END_TEST
+
 START_TEST(test_missing_success_field_or_no_json_is_success)
 {
 	struct trigger_result r = classify(202, "accepted", "success", "job_id");
@@ -145,6 +176,7 @@ main(void)
 	tcase_add_test(tc, test_success_false_with_200_fails);
 	tcase_add_test(tc, test_success_true_and_job_id);
 	tcase_add_test(tc, test_missing_success_field_or_no_json_is_success);
+	tcase_add_test(tc, test_job_id_the_ledger_cannot_keep_is_dropped);
 	tcase_add_test(tc, test_success_field_ignored_when_not_configured);
 	suite_add_tcase(s, tc);
 	return unit_run(s);
