@@ -79,8 +79,9 @@ pre_parse(struct decoder *d, const char *what, const char *s, size_t len)
 
 	if (json_scan(s, len, stop, &nul) >= stop) {
 		if (d->detaillen > 0)
-			snprintf(d->detail, d->detaillen, "%s nests JSON deeper "
-			    "than max_json_depth (%d)", what, d->max_depth);
+			snprintf(d->detail, d->detaillen, "%s nests JSON "
+			    "deeper than max_json_depth (%d)", what,
+			    d->max_depth);
 		return CE_TOO_LARGE;
 	}
 	if (nul)
@@ -808,14 +809,15 @@ add_extensions(struct decoder *d, const cJSON *attrs, cJSON *ev)
 			if (check_string(d, c->string, c->valuestring) != CE_OK)
 				return CE_INVALID;
 		} else if (cJSON_IsNumber(c)) {
-			/* The CloudEvents Integer: whole, and a signed 32 bits. */
+			/* A CloudEvents Integer: whole, signed 32 bits. */
 			double v = c->valuedouble;
 
-			if (v != (double)(long long)v || v < -2147483648.0 ||
-			    v > 2147483647.0)
-				return fail(d, "extension %s must be an integer "
-				    "from -2147483648 to 2147483647 (got %.17g)",
-				    c->string, v);
+			/* The range first: the cast is undefined past it. */
+			if (!(v >= -2147483648.0 && v <= 2147483647.0) ||
+			    v != (double)(long)v)
+				return fail(d, "extension %s must be an "
+				    "integer from -2147483648 to 2147483647 "
+				    "(got %.17g)", c->string, v);
 		} else if (!cJSON_IsBool(c))
 			return fail(d, "extension %s must be a string, number "
 			    "or boolean (got %s)", c->string, json_kind(c));

@@ -286,7 +286,7 @@ parse_line(const char *line, size_t len, size_t lineno,
 		size_t i;
 
 		/* The name is the file's: nothing but printable ASCII out. */
-		for (i = 0; dup[i] != '\0' && i < sizeof(name) - 1; i++)
+		for (i = 0; i < sizeof(name) - 1 && dup[i] != '\0'; i++)
 			name[i] = dup[i] > 0x20 && dup[i] < 0x7f &&
 			    dup[i] != '"' ? dup[i] : '?';
 		name[i] = '\0';
@@ -312,8 +312,8 @@ parse_line(const char *line, size_t len, size_t lineno,
 		return NULL;
 	}
 	if (strlen(id->valuestring) > LEDGER_KEY_MAX) {
-		snprintf(err, errlen, "line %zu: document_id is %zu bytes, over "
-		    "the %d the ledger indexes", lineno,
+		snprintf(err, errlen, "line %zu: document_id is %zu bytes, "
+		    "over the %d the ledger indexes", lineno,
 		    strlen(id->valuestring), LEDGER_KEY_MAX);
 		cJSON_Delete(doc);
 		return NULL;

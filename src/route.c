@@ -148,7 +148,8 @@ render_key(const struct route *r, const cJSON *ctx, struct request *rq,
 	}
 	/* A header parser drops them: the API would see another key. */
 	n = strlen(rq->idempotency_key);
-	if (rq->idempotency_key[0] == ' ' || rq->idempotency_key[n - 1] == ' ') {
+	if (rq->idempotency_key[0] == ' ' ||
+	    rq->idempotency_key[n - 1] == ' ') {
 		snprintf(err, errlen, "idempotency_key: the rendered key "
 		    "starts or ends with a space");
 		return -1;
