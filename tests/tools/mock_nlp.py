@@ -42,10 +42,17 @@ Control endpoints (never recorded):
         and every open connection shut down (in-flight requests are never
         answered), then it listens again on the same address. The answer
         comes before the refusal starts.
-    POST /_mock/reset      clear recordings, counters, behaviour and rules
+    POST /_mock/reset      clear recordings, counters, behaviour, rules
+                           and TLS errors
     GET  /_mock/requests[?since=N]
                            JSON list of recorded requests, oldest first
                            (from the (N+1)th on)
+    GET  /_mock/tls_errors JSON list of the reasons TLS handshakes failed
+                           (with --tls-cert), oldest first: a client that
+                           refused the certificate shows up here as the
+                           alert it sent ("... unknown ca"), and never in
+                           the requests (a connection closed before any
+                           handshake, e.g. a port probe, shows as an EOF)
 
 Each recorded request carries "response" (status, job_id, body,
 delay_ms, retry_after: the answer, decided on arrival) and, once done, "answered_at" (epoch seconds) and
@@ -53,7 +60,12 @@ delay_ms, retry_after: the answer, decided on arrival) and, once done, "answered
 had gone, e.g. after its timeout; best effort: a write into a connection
 the client just closed may still succeed).
 
-Standalone:   mock_nlp.py --port P [--host 127.0.0.1]   (prints its URL)
+With --tls-cert FILE --tls-key FILE (PEM) it speaks HTTPS instead; the
+TLS handshake happens in the connection's own thread, so a client that
+stalls or refuses the certificate holds up no one else.
+
+Standalone:   mock_nlp.py --port P [--host 127.0.0.1]
+                          [--tls-cert FILE --tls-key FILE]  (prints its URL)
 Imported:     srv = MockNLPServer(port=0); srv.start(); srv.url; srv.stop()
 """
 
@@ -61,6 +73,7 @@ import argparse
 import json
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -89,6 +102,7 @@ class MockState:
             self.remaining = None
             self.rules = []
             self.jobs = 0
+            self.tls_errors = []
 
     @staticmethod
     def _check(spec):
@@ -202,6 +216,14 @@ class MockState:
             record["answered_at"] = time.time()
             record["delivered"] = delivered
 
+    def tls_error(self, reason):
+        with self.lock:
+            self.tls_errors.append(reason)
+
+    def tls_error_list(self):
+        with self.lock:
+            return list(self.tls_errors)
+
     def snapshot(self, since=0):
         """Copies of the recorded requests (from index `since` on)."""
         with self.lock:
@@ -215,6 +237,15 @@ class Handler(BaseHTTPRequestHandler):
     timeout = 60
 
     def setup(self):
+        if isinstance(self.request, ssl.SSLSocket):
+            # Here, not in accept(): a client that never completes the
+            # handshake must not stall the serving loop.
+            self.request.settimeout(self.timeout)
+            try:
+                self.request.do_handshake()
+            except (ssl.SSLError, OSError) as e:
+                self.server.state.tls_error(str(e))
+                raise
         super().setup()
         # Headers and body go out in two writes: without NODELAY, Nagle
         # and the client's delayed ACK add ~40 ms to every answer.
@@ -267,6 +298,8 @@ class Handler(BaseHTTPRequestHandler):
                 if part.startswith("since=") and part[6:].isdigit():
                     since = int(part[6:])
             return self._send_json(200, state.snapshot(since))
+        if path == "/_mock/tls_errors" and self.command == "GET":
+            return self._send_json(200, state.tls_error_list())
         if path == "/_mock/reset" and self.command == "POST":
             state.reset()
             return self._send_json(200, {"ok": True})
@@ -358,8 +391,13 @@ class MockNLPServer(ThreadingHTTPServer):
     # connections at once (libcurl multi): a 1 s retransmit each.
     request_queue_size = 128
 
-    def __init__(self, host="127.0.0.1", port=0, verbose=False, state=None):
+    def __init__(self, host="127.0.0.1", port=0, verbose=False, state=None,
+                 tls_cert=None, tls_key=None):
         super().__init__((host, port), Handler)
+        self.ssl_context = None
+        if tls_cert is not None:
+            self.ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ssl_context.load_cert_chain(tls_cert, tls_key)
         # Several servers (addresses) may share one state.
         self.state = state if state is not None else MockState()
         self.verbose = verbose
@@ -368,6 +406,14 @@ class MockNLPServer(ThreadingHTTPServer):
         self._conns_lock = threading.Lock()
         self._listen_lock = threading.Lock()
         self.refusing = False
+
+    def get_request(self):
+        conn, addr = super().get_request()
+        if self.ssl_context is not None:
+            # The handshake is the handler's (Handler.setup).
+            conn = self.ssl_context.wrap_socket(
+                conn, server_side=True, do_handshake_on_connect=False)
+        return conn, addr
 
     # -- open connections, so that a refusal can cut them --
     def process_request(self, request, client_address):
@@ -439,7 +485,9 @@ class MockNLPServer(ThreadingHTTPServer):
 
     @property
     def url(self):
-        return "http://%s:%d" % (self.server_address[0], self.port)
+        return "%s://%s:%d" % ("http" if self.ssl_context is None
+                               else "https", self.server_address[0],
+                               self.port)
 
     def _start_thread(self):
         # A short poll interval: shutdown() (a refusal) takes effect fast.
@@ -482,8 +530,15 @@ def main(argv=None):
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("-v", "--verbose", action="store_true",
                     help="log every request to stderr")
+    ap.add_argument("--tls-cert", metavar="FILE",
+                    help="serve HTTPS with this PEM certificate (chain)")
+    ap.add_argument("--tls-key", metavar="FILE",
+                    help="the PEM private key of --tls-cert")
     args = ap.parse_args(argv)
-    srv = MockNLPServer(args.host, args.port, verbose=args.verbose)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        ap.error("--tls-cert and --tls-key go together")
+    srv = MockNLPServer(args.host, args.port, verbose=args.verbose,
+                        tls_cert=args.tls_cert, tls_key=args.tls_key)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(srv.url, flush=True)
     # Served from a thread, so that /_mock/refuse can stop and restart

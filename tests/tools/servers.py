@@ -177,15 +177,19 @@ class RedisServer(_Server):
     "rdb" (a snapshot written at shutdown and loaded at start).
     bind: more addresses to listen on besides 127.0.0.1 (they must exist;
     protected mode is then off).
+    tls: (certfile, keyfile, cafile) makes it listen with TLS only
+    (port 0, tls-port <port>, clients not asked for a certificate);
+    client() then speaks TLS and verifies the server against cafile.
 
     Fault injection: stop_process() / start_process() / restart() keep the
     port and the directory, so clients reconnect to the same address;
     restart(keep_data=False) deletes the data files in between.
     """
 
-    def __init__(self, binary=None, persistence=None, bind=()):
+    def __init__(self, binary=None, persistence=None, bind=(), tls=None):
         if persistence not in (None, "aof", "rdb"):
             raise ValueError("persistence must be None, 'aof' or 'rdb'")
+        self.tls = tls
         self.binary = _find(binary or os.environ.get("REDIS_SERVER")
                             or "redis-server", ["/usr/bin/redis-server"])
         self.host = LOOPBACK
@@ -201,8 +205,14 @@ class RedisServer(_Server):
         return "redis://%s:%d" % (self.host, self.port)
 
     def _argv(self):
-        argv = [self.binary, "--port", str(self.port), "--bind", self.host] \
-            + self.bind + ["--dir", self.dir]
+        if self.tls is None:
+            argv = [self.binary, "--port", str(self.port)]
+        else:
+            cert, key, ca = self.tls
+            argv = [self.binary, "--port", "0", "--tls-port", str(self.port),
+                    "--tls-cert-file", cert, "--tls-key-file", key,
+                    "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]
+        argv += ["--bind", self.host] + self.bind + ["--dir", self.dir]
         if self.persistence == "aof":
             argv += ["--save", "", "--appendonly", "yes",
                      "--appendfsync", "everysec"]
@@ -246,9 +256,13 @@ class RedisServer(_Server):
 
     def client(self, db=0, decode_responses=False):
         import redis
+        kw = {}
+        if self.tls is not None:
+            kw = {"ssl": True, "ssl_ca_certs": self.tls[2],
+                  "ssl_cert_reqs": "required"}
         return redis.Redis(host=self.host, port=self.port, db=db,
                            decode_responses=decode_responses,
-                           socket_timeout=30)
+                           socket_timeout=30, **kw)
 
     # -- fault injection --
     @property
@@ -339,18 +353,29 @@ class PostgresServer(_Server):
     temp dir; fsync is off (nothing here needs to survive a crash).
 
     listen: more addresses to listen on besides 127.0.0.1; hba: more
-    pg_hba.conf lines (e.g. "host all all 10.231.0.0/16 trust").
+    pg_hba.conf lines (e.g. "host all all 10.231.0.0/16 trust");
+    settings: more postgresql.conf settings ("name=value", given to
+    postgres as -c).
+
+    tls: (certfile, keyfile) turns on TLS (ssl=on with copies of both in
+    the data directory, owned by the server's user, the key mode 0600)
+    and makes pg_hba.conf hostssl-only: a TCP connection without TLS is
+    refused, so whatever connects over TCP and succeeds used TLS (unix
+    socket connections stay trusted).
 
     Fault injection: stop_process() / start_process() / restart() keep the
     data directory and the port; terminate_backends() ends client
     sessions the way pg_terminate_backend() does.
     """
 
-    def __init__(self, bindir=None, listen=(), hba=()):
+    def __init__(self, bindir=None, listen=(), hba=(), settings=(),
+                 tls=None):
         self.bindir = bindir or _pg_bindir()
         self.host = LOOPBACK
         self.listen = list(listen)
         self.hba = list(hba)
+        self.settings = list(settings)
+        self.tls = tls
         self.port = None
         self.dir = None
         self.proc = None
@@ -402,11 +427,30 @@ class PostgresServer(_Server):
             self.stop()
             raise ServerError("initdb failed (status %d):\n%s"
                               % (r.returncode, out))
+        if self.tls is not None:
+            self._install_tls()
         if self.hba:
             # Appended as the cluster's owner wrote the file; root may.
             with open(os.path.join(self.data, "pg_hba.conf"), "a") as f:
                 f.write("".join(line + "\n" for line in self.hba))
         return self._launch_on_a_free_port(attempts, signal.SIGINT)
+
+    def _install_tls(self):
+        """Certificate and key into the data directory (PostgreSQL wants
+        the key owned by its user, mode 0600); pg_hba.conf hostssl-only."""
+        cert, key = self.tls
+        for src, name, mode in ((cert, "server.crt", 0o644),
+                                (key, "server.key", 0o600)):
+            dst = os.path.join(self.data, name)
+            shutil.copyfile(src, dst)
+            os.chmod(dst, mode)
+            if self.user is not None:
+                os.chown(dst, self.user.pw_uid, self.user.pw_gid)
+        with open(os.path.join(self.data, "pg_hba.conf"), "w") as f:
+            f.write("local all all trust\n"
+                    "hostssl all all 127.0.0.1/32 trust\n"
+                    "hostssl all all ::1/128 trust\n"
+                    "hostnossl all all all reject\n")
 
     def _launch(self):
         argv = [self._binary("postgres"), "-D", self.data,
@@ -415,6 +459,11 @@ class PostgresServer(_Server):
                 "-c", "fsync=off", "-c", "synchronous_commit=off",
                 "-c", "full_page_writes=off", "-c", "max_connections=200",
                 "-c", "log_min_messages=warning"]
+        if self.tls is not None:
+            argv += ["-c", "ssl=on", "-c", "ssl_cert_file=server.crt",
+                     "-c", "ssl_key_file=server.key"]
+        for setting in self.settings:
+            argv += ["-c", setting]
         with open(self.logfile, "ab") as log:
             self.proc = subprocess.Popen(
                 _wrap(argv, self.user, pdeathsig="QUIT"),
@@ -528,6 +577,80 @@ class PostgresServer(_Server):
         self.dir = None
 
 
+# ---- stunnel ------------------------------------------------------------
+
+class Stunnel(_Server):
+    """stunnel in client mode: plain TCP in on 127.0.0.1:<port>, TLS out
+    to connect_host:connect_port, the server's certificate checked
+    against cafile (verifyChain) and its name against check_host. How
+    stagerelay reaches a Redis that speaks only TLS (hiredis 0.14 has no
+    TLS; man stagerelay, TRANSPORT SECURITY).
+    """
+
+    def __init__(self, connect_port, cafile, check_host="localhost",
+                 connect_host=LOOPBACK, binary=None):
+        self.binary = _find(binary or os.environ.get("STUNNEL"),
+                            ["/usr/bin/stunnel4", "/usr/bin/stunnel"])
+        self.connect = "%s:%d" % (connect_host, connect_port)
+        self.cafile = cafile
+        self.check_host = check_host
+        self.host = LOOPBACK
+        self.port = None
+        self.dir = None
+        self.proc = None
+        self.logfile = None
+        self.conf = None
+
+    def config_text(self):
+        return ("foreground = yes\n"
+                "pid = %s\n"
+                "output = %s\n"
+                "debug = info\n"
+                "\n"
+                "[redis]\n"
+                "client = yes\n"
+                "accept = %s:%d\n"
+                "connect = %s\n"
+                "verifyChain = yes\n"
+                "CAfile = %s\n"
+                "checkHost = %s\n"
+                % (os.path.join(self.dir, "stunnel.pid"), self.logfile,
+                   self.host, self.port, self.connect, self.cafile,
+                   self.check_host))
+
+    def _launch(self):
+        self.conf = os.path.join(self.dir, "stunnel.conf")
+        with open(self.conf, "w") as f:
+            f.write(self.config_text())
+        self.proc = subprocess.Popen(_wrap([self.binary, self.conf]),
+                                     stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, proc=self.proc, what="stunnel")
+
+    def start(self, attempts=3):
+        if self.binary is None:
+            raise ServerError("stunnel not found (Debian package stunnel4; "
+                              "or set STUNNEL)")
+        self.dir = tempfile.mkdtemp(prefix="stagerelay-stunnel-",
+                                    dir="/tmp")
+        self.logfile = os.path.join(self.dir, "stunnel.log")
+        return self._launch_on_a_free_port(attempts)
+
+    def log(self):
+        try:
+            with open(self.logfile, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def stop(self):
+        _stop_process(self.proc)
+        self.proc = None
+        _rmtree(self.dir)
+        self.dir = None
+
+
 # ---- the mock NLP API --------------------------------------------------
 
 class MockNLP(_Server):
@@ -539,7 +662,8 @@ class MockNLP(_Server):
     port each: see url_for()).
     """
 
-    def __init__(self, mode="thread", host=LOOPBACK, extra_hosts=()):
+    def __init__(self, mode="thread", host=LOOPBACK, extra_hosts=(),
+                 tls=None):
         if mode not in ("thread", "process"):
             raise ValueError("mode must be 'thread' or 'process'")
         if extra_hosts and mode != "thread":
@@ -547,14 +671,21 @@ class MockNLP(_Server):
         self.mode = mode
         self.host = host
         self.extra_hosts = list(extra_hosts)
+        # (certfile, keyfile, cafile): HTTPS; the control calls below
+        # check the mock's certificate against cafile.
+        self.tls = tls
         self.port = None
         self.server = None
         self.extra = {}
         self.proc = None
 
     @property
+    def scheme(self):
+        return "http" if self.tls is None else "https"
+
+    @property
     def url(self):
-        return "http://%s:%d" % (self.host, self.port)
+        return "%s://%s:%d" % (self.scheme, self.host, self.port)
 
     def url_for(self, host):
         """The URL this mock answers at on host (self.host or one of
@@ -568,16 +699,22 @@ class MockNLP(_Server):
             if HERE not in sys.path:
                 sys.path.insert(0, HERE)
             import mock_nlp
-            self.server = mock_nlp.MockNLPServer(self.host, 0).start()
+            tls = {} if self.tls is None else \
+                {"tls_cert": self.tls[0], "tls_key": self.tls[1]}
+            self.server = mock_nlp.MockNLPServer(self.host, 0,
+                                                 **tls).start()
             self.port = self.server.port
             for h in self.extra_hosts:
                 self.extra[h] = mock_nlp.MockNLPServer(
-                    h, 0, state=self.server.state).start()
+                    h, 0, state=self.server.state, **tls).start()
         else:
             self.port = free_port()
+            tls = [] if self.tls is None else \
+                ["--tls-cert", self.tls[0], "--tls-key", self.tls[1]]
             self.proc = subprocess.Popen(
                 _wrap([sys.executable, os.path.join(HERE, "mock_nlp.py"),
-                       "--port", str(self.port), "--host", self.host]),
+                       "--port", str(self.port), "--host", self.host]
+                      + tls),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
             wait_for_port(self.port, self.host, proc=self.proc,
                           what="mock_nlp.py")
@@ -599,8 +736,14 @@ class MockNLP(_Server):
                                      method=method)
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        ctx = None
+        if self.tls is not None:
+            import ssl
+            ctx = ssl.create_default_context(cafile=self.tls[2]) \
+                if self.tls[2] else ssl._create_unverified_context()
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
+            with urllib.request.urlopen(req, timeout=10,
+                                        context=ctx) as resp:
                 return json.loads(resp.read().decode("utf-8"))
         except urllib.error.HTTPError as e:
             raise ServerError("mock NLP %s %s: %s %s" % (
@@ -629,6 +772,13 @@ class MockNLP(_Server):
             return self.server.requests(since)
         return self._call("GET", "/_mock/requests" +
                           ("?since=%d" % since if since else ""))
+
+    def tls_errors(self):
+        """Why TLS handshakes with the mock failed, oldest first (the
+        client's alert as the server saw it, e.g. "... unknown ca")."""
+        if self.server is not None:
+            return self.server.state.tls_error_list()
+        return self._call("GET", "/_mock/tls_errors")
 
     # -- connection refused --
     def refuse(self, seconds):
