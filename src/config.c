@@ -2044,6 +2044,11 @@ validate(struct loader *ld, struct config *cfg)
 		return verr(ld, SECTION ".metrics.listen", "%s.metrics.listen: "
 		    "%s (a numeric address: the master looks up no names); "
 		    "or \"\" to disable", SECTION, herr);
+	/* Else every request fails, as a transient error, for good. */
+	if (cfg->nlp_api.ca_file != NULL && *cfg->nlp_api.ca_file != '\0' &&
+	    access(cfg->nlp_api.ca_file, R_OK) == -1)
+		return verr(ld, SECTION ".nlp_api.ca_file", "%s.nlp_api.ca_file: "
+		    "%s: %s", SECTION, cfg->nlp_api.ca_file, strerror(errno));
 	if (cfg->shared_dir[0] != '/')
 		return verr(ld, SECTION ".shared_dir", "%s.shared_dir: must be "
 		    "an absolute path, got \"%s\"", SECTION, cfg->shared_dir);

@@ -31,6 +31,7 @@ struct transfer {
 	struct buf	 body;
 	long		 retry_after_s;
 	size_t		 max_body;	/* nlp_api.max_response_bytes */
+	char		 why[CURL_ERROR_SIZE]; /* libcurl's own words */
 	bool		 truncated;	/* went over it: transfer abandoned */
 	bool		 done;
 	size_t		 req;		/* the request it carries */
@@ -322,6 +323,7 @@ pool_grow(struct trigger *t, size_t n)
 		x->max_body = t->cfg->nlp_api.max_response_bytes;
 		curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, x);
 		curl_easy_setopt(x->easy, CURLOPT_PRIVATE, x);
+		curl_easy_setopt(x->easy, CURLOPT_ERRORBUFFER, x->why);
 	}
 	t->npool = n;
 }
@@ -333,6 +335,7 @@ transfer_setup(struct trigger *t, struct transfer *x, const struct request *rq)
 	char *h;
 
 	buf_reset(&x->body);
+	x->why[0] = '\0';
 	x->retry_after_s = -1;
 	x->truncated = false;
 	x->headers = NULL;
@@ -440,8 +443,13 @@ trigger_run(struct trigger *t, const struct request *reqs, size_t n,
 			} else if (m->data.result != CURLE_OK) {
 				/* Timeouts and connection errors: transient. */
 				results[i].outcome = TRIGGER_TRANSIENT;
-				results[i].error = xasprintf("%s",
-				    curl_easy_strerror(m->data.result));
+				/*
+				 * The error buffer says which: "unable to get
+				 * local issuer certificate", not just "not OK".
+				 */
+				results[i].error = xasprintf("%s%s%s",
+				    curl_easy_strerror(m->data.result),
+				    x->why[0] != '\0' ? ": " : "", x->why);
 			} else {
 				curl_easy_getinfo(m->easy_handle,
 				    CURLINFO_RESPONSE_CODE, &status);

@@ -1988,9 +1988,12 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 				/*
 				 * Supervised, a worker that never connected
 				 * exits: the master's backoff and crash-loop
-				 * brake handle a server that is not there.
+				 * brake handle a server that is not there. A
+				 * drain run has no one to wait for it: it says
+				 * why and exits 1 too.
 				 */
-				if (opts->shm != NULL && !ever_connected) {
+				if ((opts->shm != NULL || opts->drain) &&
+				    !ever_connected) {
 					code = EXIT_CONNECT;
 					break;
 				}
@@ -2072,7 +2075,7 @@ worker_run(const struct config *cfg, const struct worker_opts *opts)
 	}
 
 	left = stream_connected(w.stream) ? stream_pending_count(w.stream) : -1;
-	if (opts->drain && left != 0)
+	if (opts->drain && left != 0 && code != EXIT_CONNECT)
 		code = EXIT_PENDING;
 	snprintf(pend, sizeof(pend), "%ld", left);
 	log_event(LOG_INFO, "worker_stopped", "consumer", w.consumer,

@@ -21,8 +21,8 @@ import subprocess
 import pytest
 
 import servers
-from conftest import (EXIT_CRASH_LOOP, EXIT_OK, EXIT_PENDING, GROUP,
-                      SRCDIR, Env, wait_until)
+from conftest import (EXIT_CRASH_LOOP, EXIT_OK, EXIT_PENDING, EXIT_STARTUP,
+                      GROUP, SRCDIR, Env, wait_until)
 
 OPENSSL = "/usr/bin/openssl"
 SLOW = 30.0
@@ -252,6 +252,12 @@ def test_ledger_certificate_from_another_ca_stops_the_start(pg_env, pki):
     assert r.log("crash_loop"), r
     untouched(env, pubs)
 
+    # A drain run has no master to wait for it: it says why and exits 1.
+    r = env.drain(config, expect=EXIT_STARTUP, timeout=SLOW)
+    assert re.search(r"ledger: cannot connect:.*certificate verify failed",
+                     r.stderr), r
+    untouched(env, pubs)
+
     # The right CA: everything left behind goes through.
     env.drain(ledger={"dsn": tls_dsn(env, pki["ca"])})
     assert_triggered(env, pubs)
@@ -299,15 +305,17 @@ FAIL_FAST = {"retry_delay_seconds": 0.05, "max_retry_delay_seconds": 0.2,
              "circuit_breaker": {"failure_threshold": 2, "open_seconds": 1}}
 
 
-def assert_refused_by_verification(env, pubs, r):
+def assert_refused_by_verification(env, pubs, r, why):
     """The certificate was refused: nothing reached the API, each document
-    is `failed` with the reason and left pending (a transient failure:
-    the circuit opened and ended the drain), nothing dead-lettered."""
+    is `failed` with the reason (libcurl's own words: why) and left
+    pending (a transient failure: the circuit opened and ended the drain),
+    nothing dead-lettered."""
     assert r.returncode == EXIT_PENDING, r
     assert env.requests() == []
     fails = r.log("event_failed")
     assert fails and all(CERT_FAILED.search(f.get("detail", ""))
                          for f in fails), r
+    assert all(why in f.get("detail", "") for f in fails), fails
     rows = env.rows()
     assert len(rows) == len(pubs), rows
     for row in rows:
@@ -326,7 +334,8 @@ def test_https_verification_is_on_by_default(https_env, pki):
     r = env.drain(expect=None, batch_size=2, nlp_api={
         "base_url": https_url(env.mock)}, **FAIL_FAST)
 
-    assert_refused_by_verification(env, pubs, r)
+    assert_refused_by_verification(env, pubs, r, "unable to get local "
+                                   "issuer certificate")
     # The mock saw handshakes the client aborted, and why: the client
     # did not know the issuer. (A wrong name is refused after the
     # handshake, by libcurl: the server sees no error then.)
@@ -350,7 +359,7 @@ def test_https_checks_the_host_name(https_env, pki):
         r = env.drain(expect=None, batch_size=2, nlp_api={
             "base_url": "https://localhost:%d" % other.port,
             "ca_file": pki["ca"]}, **FAIL_FAST)
-        assert_refused_by_verification(env, pubs, r)
+        assert_refused_by_verification(env, pubs, r, "subject name")
     finally:
         other.stop()
 

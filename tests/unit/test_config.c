@@ -886,7 +886,7 @@ START_TEST(test_headers)
 	    "event_consumer:\n"
 	    "  nlp_api:\n"
 	    "    base_url: https://nlp.example:8443/\n"
-	    "    ca_file: /etc/ssl/ca.pem\n"
+	    "    ca_file: /dev/null\n"
 	    "    verify_tls: false\n"
 	    "    headers:\n"
 	    "      Authorization: \"Bearer ${SR_TOKEN}\"\n"
@@ -895,7 +895,7 @@ START_TEST(test_headers)
 	ck_assert_str_eq(c.nlp_api.headers[0].name, "Authorization");
 	ck_assert_str_eq(c.nlp_api.headers[0].value, "Bearer tok-123");
 	ck_assert_str_eq(c.nlp_api.headers[1].value, "stagerelay");
-	ck_assert_str_eq(c.nlp_api.ca_file, "/etc/ssl/ca.pem");
+	ck_assert_str_eq(c.nlp_api.ca_file, "/dev/null");
 	ck_assert(!c.nlp_api.verify_tls);
 	config_free(&c);
 
@@ -1236,6 +1236,9 @@ START_TEST(test_validation)
 	    "(0x7f)");
 	expect_error("event_consumer:\n  event_field: \"my event\"\n",
 	    "event_consumer.event_field: a space");
+	expect_error("event_consumer:\n  nlp_api:\n"
+	    "    ca_file: /nonexistent/ca.pem\n", "test.yaml:3:5: event_consumer.nlp_api.ca_file: /nonexistent/ca.pem: "
+	    "No such file or directory");
 }
 END_TEST
 
