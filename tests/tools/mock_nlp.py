@@ -42,8 +42,39 @@ Control endpoints (never recorded):
         and every open connection shut down (in-flight requests are never
         answered), then it listens again on the same address. The answer
         comes before the refusal starts.
-    POST /_mock/reset      clear recordings, counters, behaviour, rules
-                           and TLS errors
+    POST /_mock/publish {"redis": {"host": "127.0.0.1", "port": P, "db": 0},
+                         "stream": "stage2:nlp:events", "maxlen": 10000,
+                         "source": "stage2-nlp-processing",
+                         "repeat": ["doc-3"]}
+        Announces results the way the real Stage 2 service does: from now
+        on, after each request answered with success (a job id), the mock
+        appends a CloudEvent to the Redis stream in Stage 2's layout, ONE
+        field "event" holding the whole JSON event (specversion, id,
+        source, type, time, subject, datacontenttype, data):
+          a request naming one document (body "document_id", or
+          "document": {"document_id": ...}) announces
+            com.storytelling.nlp.document.processed
+            {"document_id", "job_id" (the job id answered), "batch_id"
+             (or null), "version", "entity_count", "event_count",
+             "processed_at"}
+          a request carrying "documents": [{document_id, ...}, ...]
+          announces
+            com.storytelling.nlp.batch.completed
+            {"batch_id", "job_id", "documents_processed",
+             "documents_failed", "document_ids"}
+        Only "stream" is required (redis defaults to 127.0.0.1:6379 db 0,
+        maxlen to 10000, source as above). Documents listed in "repeat"
+        are announced twice, as a Stage 2 that re-announces a result
+        would. {"enabled": false} stops announcing. Needs python3-redis.
+    POST /_mock/announce {"type": T, "data": {...}, "subject": S}
+        Appends one such event now (publish must be on): e.g. a
+        batch.completed for documents processed one by one.
+    GET  /_mock/announced  JSON list of what was appended, oldest first:
+                           {"stream_id", "event_id", "type", "key"} (key:
+                           the document id, or "batch:<batch_id>"), or
+                           {"error"} where an announcement failed
+    POST /_mock/reset      clear recordings, counters, behaviour, rules,
+                           TLS errors and announcing
     GET  /_mock/requests[?since=N]
                            JSON list of recorded requests, oldest first
                            (from the (N+1)th on)
@@ -70,6 +101,7 @@ Imported:     srv = MockNLPServer(port=0); srv.start(); srv.url; srv.stop()
 """
 
 import argparse
+import datetime
 import json
 import signal
 import socket
@@ -77,11 +109,16 @@ import ssl
 import sys
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 CONTROL_PREFIX = "/_mock/"
 BEHAVIOUR_KEYS = {"status", "success", "delay_ms", "count", "retry_after",
                   "body", "path", "match"}
+PUBLISH_KEYS = {"redis", "stream", "maxlen", "source", "repeat", "enabled"}
+STAGE2_SOURCE = "stage2-nlp-processing"
+DOCUMENT_PROCESSED = "com.storytelling.nlp.document.processed"
+BATCH_COMPLETED = "com.storytelling.nlp.batch.completed"
 
 
 class BadRequest(Exception):
@@ -103,6 +140,8 @@ class MockState:
             self.rules = []
             self.jobs = 0
             self.tls_errors = []
+            self.publisher = None
+            self.announced = []
 
     @staticmethod
     def _check(spec):
@@ -224,6 +263,116 @@ class MockState:
         with self.lock:
             return list(self.tls_errors)
 
+    # -- announcing results on a Redis stream, as Stage 2 does --
+    def set_publish(self, spec):
+        """Turns announcing on (or off with "enabled": false)."""
+        if not isinstance(spec, dict):
+            raise BadRequest("publish must be a JSON object")
+        unknown = set(spec) - PUBLISH_KEYS
+        if unknown:
+            raise BadRequest("unknown publish keys: %s"
+                             % ", ".join(sorted(unknown)))
+        if spec.get("enabled", True) is False:
+            with self.lock:
+                self.publisher = None
+            return
+        stream = spec.get("stream")
+        if not isinstance(stream, str) or not stream:
+            raise BadRequest("stream must be a non-empty string")
+        conn = spec.get("redis") or {}
+        repeat = spec.get("repeat", [])
+        if not isinstance(conn, dict) or not isinstance(repeat, list):
+            raise BadRequest("redis must be an object, repeat a list")
+        import redis   # python3-redis: only when announcing
+        client = redis.Redis(host=conn.get("host", "127.0.0.1"),
+                             port=int(conn.get("port", 6379)),
+                             db=int(conn.get("db", 0)),
+                             socket_timeout=5)
+        with self.lock:
+            self.publisher = {"client": client, "stream": stream,
+                              "maxlen": int(spec.get("maxlen", 10000)),
+                              "source": spec.get("source", STAGE2_SOURCE),
+                              "repeat": set(repeat)}
+
+    def _append(self, pub, type_, data, subject, key):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        event = {"specversion": "1.0", "id": str(uuid.uuid4()),
+                 "source": pub["source"], "type": type_,
+                 "time": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                 "datacontenttype": "application/json", "data": data}
+        if subject:
+            event["subject"] = subject
+        try:
+            sid = pub["client"].xadd(pub["stream"],
+                                     {"event": json.dumps(event)},
+                                     maxlen=pub["maxlen"],
+                                     approximate=True)
+            note = {"stream_id": sid.decode(), "event_id": event["id"],
+                    "type": type_, "key": key}
+        except Exception as e:   # redis errors, a stopped server
+            note = {"error": "%s: %s" % (type(e).__name__, e),
+                    "type": type_, "key": key}
+        with self.lock:
+            self.announced.append(note)
+        return note
+
+    def announce(self, type_, data, subject=None):
+        """Appends one event now; raises BadRequest when not publishing."""
+        with self.lock:
+            pub = self.publisher
+        if pub is None:
+            raise BadRequest("not publishing: POST /_mock/publish first")
+        if not isinstance(type_, str) or not type_:
+            raise BadRequest("type must be a non-empty string")
+        key = data.get("document_id") if isinstance(data, dict) else None
+        if type_ == BATCH_COMPLETED and isinstance(data, dict):
+            key = "batch:%s" % data.get("batch_id")
+        return self._append(pub, type_, data, subject, key)
+
+    def announce_result(self, record):
+        """After a successful answer: announces what Stage 2 would."""
+        with self.lock:
+            pub = self.publisher
+        job_id = record.get("response", {}).get("job_id")
+        if pub is None or job_id is None:
+            return
+        req = record.get("json")
+        req = req if isinstance(req, dict) else {}
+        now = datetime.datetime.now(datetime.timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+        if isinstance(req.get("documents"), list):
+            ids = [d.get("document_id") for d in req["documents"]
+                   if isinstance(d, dict)]
+            data = {"batch_id": req.get("batch_id"), "job_id": job_id,
+                    "documents_processed": len(ids),
+                    "documents_failed": 0, "document_ids": ids}
+            self._append(pub, BATCH_COMPLETED, data, "job/%s" % job_id,
+                         "batch:%s" % data["batch_id"])
+            return
+        doc = req.get("document") if isinstance(req.get("document"),
+                                                dict) else req
+        doc_id = doc.get("document_id")
+        if not isinstance(doc_id, str):
+            with self.lock:
+                self.announced.append({"error": "no document_id in the "
+                                       "request to " + record["path"],
+                                       "type": DOCUMENT_PROCESSED,
+                                       "key": None})
+            return
+        data = {"document_id": doc_id, "job_id": job_id,
+                "batch_id": doc.get("batch_id"),
+                "version": doc.get("version", 1),
+                "entity_count": 0, "event_count": 0,
+                "processed_at": now}
+        times = 2 if doc_id in pub["repeat"] else 1
+        for _ in range(times):
+            self._append(pub, DOCUMENT_PROCESSED, data,
+                         "document/%s" % doc_id, doc_id)
+
+    def announced_list(self):
+        with self.lock:
+            return json.loads(json.dumps(self.announced))
+
     def snapshot(self, since=0):
         """Copies of the recorded requests (from index `since` on)."""
         with self.lock:
@@ -300,6 +449,25 @@ class Handler(BaseHTTPRequestHandler):
             return self._send_json(200, state.snapshot(since))
         if path == "/_mock/tls_errors" and self.command == "GET":
             return self._send_json(200, state.tls_error_list())
+        if path == "/_mock/announced" and self.command == "GET":
+            return self._send_json(200, state.announced_list())
+        if path == "/_mock/publish" and self.command == "POST":
+            try:
+                state.set_publish(json.loads(body.decode("utf-8") or "{}"))
+            except (ValueError, TypeError, BadRequest) as e:
+                return self._send_json(400, {"ok": False, "error": str(e)})
+            return self._send_json(200, {"ok": True})
+        if path == "/_mock/announce" and self.command == "POST":
+            try:
+                doc = json.loads(body.decode("utf-8") or "{}")
+                if not isinstance(doc, dict):
+                    raise BadRequest("expected {\"type\": ..., "
+                                     "\"data\": ...}")
+                note = state.announce(doc.get("type"), doc.get("data"),
+                                      doc.get("subject"))
+            except (ValueError, BadRequest) as e:
+                return self._send_json(400, {"ok": False, "error": str(e)})
+            return self._send_json(200, dict(note, ok="error" not in note))
         if path == "/_mock/reset" and self.command == "POST":
             state.reset()
             return self._send_json(200, {"ok": True})
@@ -378,6 +546,8 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             delivered = False
         self.server.state.done(record, delivered)
+        if delivered:
+            self.server.state.announce_result(record)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
 

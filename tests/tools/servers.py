@@ -773,6 +773,35 @@ class MockNLP(_Server):
         return self._call("GET", "/_mock/requests" +
                           ("?since=%d" % since if since else ""))
 
+    # -- announcing results on a Redis stream, as Stage 2 does --
+    def publish(self, stream, redis_port, redis_host=LOOPBACK, redis_db=0,
+                repeat=(), **spec):
+        """From now on each request answered with success appends a
+        Stage-2-layout event (one field "event", the JSON CloudEvent) to
+        stream: document.processed for a document, batch.completed for a
+        batch. Documents in repeat are announced twice. See mock_nlp.py."""
+        doc = {"stream": stream, "repeat": list(repeat),
+               "redis": {"host": redis_host, "port": redis_port,
+                         "db": redis_db}}
+        doc.update(spec)
+        self._call("POST", "/_mock/publish", doc)
+
+    def stop_publishing(self):
+        self._call("POST", "/_mock/publish", {"enabled": False})
+
+    def announce(self, type_, data, subject=None):
+        """Appends one event now (publish() first); returns what was
+        appended: {"stream_id", "event_id", "type", "key"}."""
+        doc = {"type": type_, "data": data}
+        if subject is not None:
+            doc["subject"] = subject
+        return self._call("POST", "/_mock/announce", doc)
+
+    def announced(self):
+        """What the mock appended, oldest first: {"stream_id",
+        "event_id", "type", "key"}, or {"error", ...} for a failure."""
+        return self._call("GET", "/_mock/announced")
+
     def tls_errors(self):
         """Why TLS handshakes with the mock failed, oldest first (the
         client's alert as the server saw it, e.g. "... unknown ca")."""

@@ -1307,6 +1307,7 @@ START_TEST(test_examples_load)
 		"etc/examples/advanced.yaml",
 		"etc/examples/manual-mode.yaml",
 		"etc/examples/settings.yaml",
+		"etc/examples/stage3-embeddings.yaml",
 	};
 	struct config c;
 
@@ -1327,6 +1328,12 @@ START_TEST(test_examples_load)
 			    "http://nlp-orchestrator:8000");
 			ck_assert_uint_eq(c.nroutes, 2);
 			ck_assert_str_eq(c.routes[0].success_field, "success");
+		}
+		if (strstr(path, "stage3-embeddings") != NULL) {
+			ck_assert_str_eq(c.source_stream, "stage2:nlp:events");
+			ck_assert_str_eq(c.event_field, "event");
+			ck_assert_str_eq(c.consumer_group, "stage3-embeddings");
+			ck_assert_uint_eq(c.nroutes, 2);
 		}
 		config_free(&c);
 		free(path);
