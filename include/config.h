@@ -132,6 +132,20 @@ struct config {
 		char	*listen;	/* default "127.0.0.1:9464"; "" disables */
 	} metrics;
 
+	/* CloudEvents over HTTP into source_stream (the ingress process). */
+	struct {
+		bool	 enabled;		/* default false */
+		char	*listen;		/* default "127.0.0.1:9465" */
+		char	*path;			/* default "/v2/events/stage1" */
+		char	*secret;		/* HMAC key, or secret_file; NULL:
+						   no signature checked */
+		size_t	 max_body_bytes;	/* default 4 MiB */
+		int	 max_batch_events;	/* default 1000 */
+		long	 stream_maxlen;		/* XADD MAXLEN ~; default 10000 */
+		int	 max_connections;	/* default 64 */
+		int	 redis_timeout_ms;	/* default 5000 */
+	} ingress;
+
 	struct {
 		int	 worker_timeout;	/* seconds, default 60 */
 		int	 shutdown_timeout;	/* seconds, default 30 */

@@ -1,17 +1,20 @@
 /*
- * httpd.h: the master's small HTTP server (libmicrohttpd) for /metrics,
- * /healthz and /readyz, driven from the master's loop: no threads of its
- * own (the master forks, and a thread in a forking process is trouble).
- *
- * Only GET and HEAD are served (anything else is 405); request bodies are
- * ignored; every response carries Cache-Control: no-store.
+ * httpd.h: small HTTP servers (libmicrohttpd) driven from a process's own
+ * loop, with no threads (the master forks, and a thread in a forking
+ * process is trouble):
+ *  - the master's GET server for /metrics, /healthz and /readyz: only GET
+ *    and HEAD are served (anything else is 405), request bodies are
+ *    ignored;
+ *  - the ingress process's POST server: whole bodies up to a limit (413
+ *    past it), handed to a handler with the request's headers.
+ * Every response carries Cache-Control: no-store.
  */
 #ifndef STAGERELAY_HTTPD_H
 #define STAGERELAY_HTTPD_H
 
 #include <stddef.h>
 
-struct buf;	/* util.h */
+#include "util.h"
 struct httpd;
 
 /*
@@ -22,6 +25,63 @@ struct httpd;
  */
 typedef int (*httpd_handler)(void *arg, const char *path, struct buf *body,
     const char **content_type);
+
+/* A POST request, whole; valid during the handler's call only. */
+struct httpd_request;
+
+/* What a POST handler answers: body, content type, Retry-After. */
+struct httpd_response {
+	struct buf	 body;		/* initialised; freed by the server */
+	const char	*content_type;	/* static; NULL: application/json */
+	int		 retry_after;	/* seconds; 0: no header */
+	const char	*allow;		/* static; an Allow header, or NULL */
+};
+
+/* Returns the HTTP status and fills res. */
+typedef int (*httpd_post_handler)(void *arg, const struct httpd_request *,
+    struct httpd_response *res);
+
+/* A request header by name (case-insensitive), or NULL. Borrowed. */
+const char	*httpd_header(const struct httpd_request *, const char *name);
+
+/*
+ * Calls fn for each request header in the order received (repeats
+ * included) until it returns -1; returns -1 then, else 0.
+ */
+typedef int (*httpd_header_fn)(void *arg, const char *name,
+    const char *value);
+int		 httpd_headers(const struct httpd_request *, httpd_header_fn,
+		    void *arg);
+
+/* The method, the path (no query string), the body, "addr:port" of the client. */
+const char	*httpd_method(const struct httpd_request *);
+const char	*httpd_path(const struct httpd_request *);
+const char	*httpd_body(const struct httpd_request *, size_t *len);
+const char	*httpd_client(const struct httpd_request *);
+
+/* max_body when the body was over it (and is not there), else 0. */
+size_t		 httpd_body_too_large(const struct httpd_request *);
+
+/*
+ * Binds and listens on an address as httpd_start() reads it and returns
+ * the socket (non-blocking, close-on-exec), the port in *port; -1 with
+ * the reason in err. The master opens the ingress's socket so, and keeps
+ * it across the ingress process's restarts.
+ */
+int		 httpd_listen(const char *listen, int *port, char *err,
+		    size_t errlen);
+
+/*
+ * A POST server on a socket from httpd_listen(): the handler sees every
+ * request once, whole, whatever its method (it answers 405 itself); a
+ * body over max_body is dropped, and the handler told (a declared
+ * Content-Length over it at once, before the body is read). At most
+ * conn_max connections. httpd_stop() leaves the socket itself open for
+ * its owner (no shutdown(), no close() of the master's descriptor).
+ * NULL with err set on failure.
+ */
+struct httpd	*httpd_start_post(int fd, httpd_post_handler, void *arg,
+		    size_t max_body, int conn_max, char *err, size_t errlen);
 
 /*
  * Listens on "host:port" with numeric hosts: "127.0.0.1:9464",

@@ -95,6 +95,22 @@ struct metrics_group {
 	int32_t		 group_ok;	/* ... and the group exists */
 };
 
+/* HTTP statuses the ingress answers, label code="..." (last: any other). */
+#define METRICS_INGRESS_CODES	10
+extern const int metrics_ingress_codes[METRICS_INGRESS_CODES];
+
+/* What the ingress process counts (it alone writes here). */
+struct metrics_ingress {
+	uint64_t	 requests[METRICS_INGRESS_CODES];
+	uint64_t	 events;	/* events appended to the stream */
+	int32_t		 enabled;	/* set by the master */
+	int32_t		 redis_up;	/* the last append reached Redis */
+};
+
+/* Counts one answered ingress request and the events it appended. */
+void	metrics_ingress_request(struct metrics_ingress *, int status,
+	    size_t events);
+
 /* The whole shared region. */
 struct metrics_shm {
 	/* Label tables, written by the master before any fork. */
@@ -104,6 +120,7 @@ struct metrics_shm {
 	size_t			 nroutes;		/* including "other" */
 
 	struct metrics_group	 group;
+	struct metrics_ingress	 ingress;
 	uint64_t		 worker_restarts;	/* master */
 	int32_t			 workers_wanted;	/* master */
 	struct metrics_slot	 slot[METRICS_SLOTS];

@@ -69,6 +69,28 @@ int	stream_ack(struct stream *, const char *const *ids, size_t n);
 int	stream_dead_letter(struct stream *, const struct stream_entry *,
 	    const struct dead_letter *);
 
+/* One entry to append: its fields in order. */
+struct stream_new_entry {
+	const struct entry_field *fields;
+	size_t			  nfields;
+};
+
+/*
+ * XADD source_stream [MAXLEN ~ maxlen] * <fields> for each of n entries,
+ * all or none (MULTI/EXEC when n > 1). The new ids go into ids[i]
+ * (idlen bytes each). Returns 0, STREAM_ERR when Redis is unreachable,
+ * or -3 when it refused the command (its message logged).
+ */
+#define STREAM_REFUSED	-3
+int	stream_append(struct stream *, const struct stream_new_entry *,
+	    size_t n, long maxlen, char (*ids)[48]);
+
+/*
+ * Client-side timeout of every command from now on (the default allows
+ * for the blocking read: poll_interval_ms + 10 s).
+ */
+void	stream_set_timeout(struct stream *, int ms);
+
 /* Number of entries in our own pending list, or -1. */
 long	stream_pending_count(struct stream *);
 

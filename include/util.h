@@ -63,6 +63,25 @@ int	 str_has_control(const char *s);
  */
 int	 json_scan(const char *s, size_t len, int stop, bool *nul_escape);
 
+/*
+ * Spans of JSON text that a parser has already accepted (cJSON took it):
+ * json_skip_ws() passes blanks; json_skip_value() returns the byte after
+ * the value that starts at p, or NULL if the text is not what it should
+ * be. They let a caller keep a member's text exactly as written (numbers
+ * past 2^53 included) instead of printing it again from a parse tree.
+ */
+const char *json_skip_ws(const char *p, const char *end);
+const char *json_skip_value(const char *p, const char *end);
+
+/*
+ * The text of member name in the JSON object that text[0..len) holds:
+ * 1 with *start and *n set, 0 when it has no such member, -1 when the
+ * text is not an object. Only the top level is looked at; the first of
+ * repeated members is returned (callers refuse repeats beforehand).
+ */
+int	 json_member_span(const char *text, size_t len, const char *name,
+	    const char **start, size_t *n);
+
 /* strlcpy-like; always NUL-terminates when size > 0. */
 size_t	 strlcpy_s(char *, const char *, size_t);
 

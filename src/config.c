@@ -158,6 +158,22 @@ static const struct kdef metrics_keys[] = {
 	K_END
 };
 
+static const struct kdef ingress_keys[] = {
+	K_BOOL("enabled", CFG(ingress.enabled)),
+	K_STR("listen", CFG(ingress.listen)),
+	K_STR("path", CFG(ingress.path)),
+	K_STR("secret", CFG(ingress.secret)),	/* "" is an error: ${VAR} unset */
+	{ .name = "secret_file", .type = KT_SECRET_FILE,
+	    .off = CFG(ingress.secret) },
+	K_SIZE("max_body_bytes", CFG(ingress.max_body_bytes), 1024,
+	    (size_t)1 << 30),
+	K_INT("max_batch_events", CFG(ingress.max_batch_events), 1, 100000),
+	K_LONG("stream_maxlen", CFG(ingress.stream_maxlen), 0, 1000000000),
+	K_INT("max_connections", CFG(ingress.max_connections), 1, 1024),
+	K_INT("redis_timeout_ms", CFG(ingress.redis_timeout_ms), 100, 600000),
+	K_END
+};
+
 static const struct kdef supervisor_keys[] = {
 	K_INT("worker_timeout", CFG(supervisor.worker_timeout), 1, 3600),
 	K_INT("shutdown_timeout", CFG(supervisor.shutdown_timeout), 1, 3600),
@@ -251,6 +267,7 @@ static const struct kdef section_keys[] = {
 	K_MAP("ledger", ledger_keys),
 	K_MAP("logging", logging_keys),
 	K_MAP("metrics", metrics_keys),
+	K_MAP("ingress", ingress_keys),
 	K_MAP("supervisor", supervisor_keys),
 	K_MAP("circuit_breaker", circuit_breaker_keys),
 	K_END
@@ -1512,6 +1529,14 @@ config_defaults(struct config *cfg)
 
 	cfg->metrics.listen = xstrdup("127.0.0.1:9464");
 
+	cfg->ingress.listen = xstrdup("127.0.0.1:9465");
+	cfg->ingress.path = xstrdup("/v2/events/stage1");
+	cfg->ingress.max_body_bytes = (size_t)4 << 20;
+	cfg->ingress.max_batch_events = 1000;
+	cfg->ingress.stream_maxlen = 10000;	/* Stage 1's own MAXLEN ~ */
+	cfg->ingress.max_connections = 64;
+	cfg->ingress.redis_timeout_ms = 5000;
+
 	cfg->supervisor.worker_timeout = 60;
 	cfg->supervisor.shutdown_timeout = 30;
 
@@ -1717,6 +1742,7 @@ literal_note(struct loader *ld, const char *canon, const char *written,
 		    pw == NULL || !literal_secret(pw, pwlen))
 			return;
 	} else if (strcmp(canon, SECTION ".redis_password") != 0 &&
+	    strcmp(canon, SECTION ".ingress.secret") != 0 &&
 	    strncmp(canon, SECTION ".nlp_api.headers.",
 	    strlen(SECTION ".nlp_api.headers.")) != 0)
 		return;
@@ -1937,6 +1963,38 @@ listen_ok(const char *s)
 	return port >= 1 && port <= 65535;
 }
 
+/* The ingress's endpoint: it may face another network than metrics. */
+static int
+validate_ingress(struct loader *ld, const struct config *cfg)
+{
+	char herr[256];
+	const char *p;
+
+	if (!listen_ok(cfg->ingress.listen) ||
+	    httpd_check_listen(cfg->ingress.listen, herr, sizeof(herr)) == -1)
+		return verr(ld, SECTION ".ingress.listen", "%s.ingress.listen: "
+		    "expected a numeric host:port (e.g. 127.0.0.1:9465 or "
+		    "[::]:9465), got \"%s\"", SECTION, cfg->ingress.listen);
+	if (cfg->ingress.enabled && *cfg->metrics.listen != '\0' &&
+	    strcmp(cfg->ingress.listen, cfg->metrics.listen) == 0)
+		return verr(ld, SECTION ".ingress.listen", "%s.ingress.listen: "
+		    "\"%s\" is metrics.listen too; the ingress listens on an "
+		    "address of its own", SECTION, cfg->ingress.listen);
+	p = cfg->ingress.path;
+	if (p[0] != '/' || strpbrk(p, "?#%") != NULL || str_has_control(p) ||
+	    strchr(p, ' ') != NULL)
+		return verr(ld, SECTION ".ingress.path", "%s.ingress.path: "
+		    "expected an absolute path without query, fragment, "
+		    "escapes or spaces (e.g. /v2/events/stage1), got \"%s\"",
+		    SECTION, p);
+	if (cfg->ingress.secret != NULL && *cfg->ingress.secret == '\0')
+		return verr(ld, SECTION ".ingress.secret", "%s.ingress.secret: "
+		    "is empty (an unset ${VAR}?); leave the key out to accept "
+		    "unsigned events",
+		    SECTION);
+	return 0;
+}
+
 static int
 validate(struct loader *ld, struct config *cfg)
 {
@@ -2044,6 +2102,8 @@ validate(struct loader *ld, struct config *cfg)
 		return verr(ld, SECTION ".metrics.listen", "%s.metrics.listen: "
 		    "%s (a numeric address: the master looks up no names); "
 		    "or \"\" to disable", SECTION, herr);
+	if (validate_ingress(ld, cfg) == -1)
+		return -1;
 	/* Else every request fails, as a transient error, for good. */
 	if (cfg->nlp_api.ca_file != NULL && *cfg->nlp_api.ca_file != '\0' &&
 	    access(cfg->nlp_api.ca_file, R_OK) == -1)
@@ -2335,6 +2395,12 @@ config_free(struct config *cfg)
 	free(cfg->logging.level);
 	free(cfg->logging.file);
 	free(cfg->metrics.listen);
+	free(cfg->ingress.listen);
+	free(cfg->ingress.path);
+	if (cfg->ingress.secret != NULL) {
+		explicit_bzero(cfg->ingress.secret, strlen(cfg->ingress.secret));
+		free(cfg->ingress.secret);
+	}
 	for (size_t i = 0; i < cfg->npending; i++) {
 		free(cfg->pending[i].key);
 		free(cfg->pending[i].what);
@@ -2628,6 +2694,17 @@ config_print(FILE *f, const struct config *cfg)
 
 	fprintf(f, "  metrics:\n");
 	print_str(f, 4, "listen", cfg->metrics.listen);
+
+	fprintf(f, "  ingress:\n");
+	print_bool(f, 4, "enabled", cfg->ingress.enabled);
+	print_str(f, 4, "listen", cfg->ingress.listen);
+	print_str(f, 4, "path", cfg->ingress.path);
+	print_secret(f, 4, "secret", cfg->ingress.secret);
+	fprintf(f, "    max_body_bytes: %zu\n", cfg->ingress.max_body_bytes);
+	print_int(f, 4, "max_batch_events", cfg->ingress.max_batch_events);
+	fprintf(f, "    stream_maxlen: %ld\n", cfg->ingress.stream_maxlen);
+	print_int(f, 4, "max_connections", cfg->ingress.max_connections);
+	print_int(f, 4, "redis_timeout_ms", cfg->ingress.redis_timeout_ms);
 
 	fprintf(f, "  supervisor:\n");
 	print_int(f, 4, "worker_timeout", cfg->supervisor.worker_timeout);

@@ -1,8 +1,10 @@
 /*
- * httpd.c: the master's HTTP server, libmicrohttpd in external-select mode.
+ * httpd.c: HTTP servers, libmicrohttpd in external-select mode: the
+ * master's GET endpoints (/metrics, /healthz, /readyz) and the ingress
+ * process's POST endpoint.
  *
  * MHD runs no thread: httpd_wait() selects on its sockets in place of the
- * master's nap and lets it do one non-blocking pass at a time, so a slow
+ * process's nap and lets it do one non-blocking pass at a time, so a slow
  * client costs the loop nothing but its turn. We bind the listening socket
  * ourselves and hand it to MHD: errors then say exactly what went wrong
  * (the port in use, an address not on this host), port 0 works, and we
@@ -38,17 +40,40 @@
 #define CONN_MAX		16	/* scrapes and probes, not traffic */
 #define CONN_TIMEOUT_S		10
 #define CONN_MEMORY		(16 * 1024)	/* per connection: headers */
-#define LISTEN_BACKLOG		16
+#define POST_CONN_MEMORY	(64 * 1024)	/* room for many ce-* headers */
+#define LISTEN_BACKLOG		128	/* the ingress's clients queue here
+					   while its process restarts */
 #define CONTENT_TYPE_DEFAULT	"text/plain; charset=utf-8"
 
 struct httpd {
 	struct MHD_Daemon	*mhd;
 	int			 listen_fd;
 	int			 port;
-	httpd_handler		 handler;
+	httpd_handler		 handler;	/* GET server, or NULL */
+	httpd_post_handler	 post;		/* POST server, or NULL */
 	void			*arg;
+	size_t			 max_body;
 	bool			 closed;	/* by httpd_close_in_child() */
-	int			 conn_fds[CONN_MAX];	/* -1: free */
+	bool			 shared_fd;	/* the socket is the master's */
+	int			 conn_max;
+	int			*conn_fds;	/* conn_max of them; -1: free */
+};
+
+/* A request body as it arrives (POST server). */
+struct upload {
+	struct buf	 body;
+	bool		 too_large;	/* over max_body: dropped, 413 */
+};
+
+struct httpd_request {
+	const char		*method;
+	const char		*path;
+	const char		*body;
+	size_t			 bodylen;
+	bool			 too_large;	/* over max_body: no body */
+	size_t			 max_body;
+	char			 client[INET6_ADDRSTRLEN + 8];
+	struct MHD_Connection	*conn;
 };
 
 /*
@@ -231,8 +256,9 @@ open_listener(const char *addr, const struct sockaddr_storage *ss,
 
 static enum MHD_Result
 respond(struct MHD_Connection *c, unsigned int status, const char *body,
-    size_t len, const char *content_type, bool allow)
+    size_t len, const char *content_type, const char *allow, int retry_after)
 {
+	char ra[16];
 	struct MHD_Response *r;
 	enum MHD_Result ret;
 
@@ -247,9 +273,15 @@ respond(struct MHD_Connection *c, unsigned int status, const char *body,
 	    content_type) != MHD_YES ||
 	    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL,
 	    "no-store") != MHD_YES ||
-	    (allow && MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW,
-	    "GET, HEAD") != MHD_YES))
+	    (allow != NULL && MHD_add_response_header(r,
+	    MHD_HTTP_HEADER_ALLOW, allow) != MHD_YES))
 		log_warnx("httpd: cannot add a response header");
+	if (retry_after > 0) {
+		snprintf(ra, sizeof(ra), "%d", retry_after);
+		if (MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER,
+		    ra) != MHD_YES)
+			log_warnx("httpd: cannot add a response header");
+	}
 	ret = MHD_queue_response(c, status, r);
 	MHD_destroy_response(r);
 	return ret;
@@ -278,7 +310,7 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 		}
 		*req_cls = &seen;
 		return respond(c, MHD_HTTP_METHOD_NOT_ALLOWED, msg,
-		    sizeof(msg) - 1, CONTENT_TYPE_DEFAULT, true);
+		    sizeof(msg) - 1, CONTENT_TYPE_DEFAULT, "GET, HEAD", 0);
 	}
 	/*
 	 * A GET is answered once the whole request is in: answering on the
@@ -305,9 +337,194 @@ on_request(void *cls, struct MHD_Connection *c, const char *url,
 	if (content_type == NULL)
 		content_type = CONTENT_TYPE_DEFAULT;
 	ret = respond(c, (unsigned int)status, body.data, body.len,
-	    content_type, false);
+	    content_type, NULL, 0);
 	buf_free(&body);
 	return ret;
+}
+
+static void
+client_address(struct MHD_Connection *c, char *out, size_t outlen)
+{
+	const union MHD_ConnectionInfo *ci;
+	const struct sockaddr *sa;
+	char host[INET6_ADDRSTRLEN];
+
+	snprintf(out, outlen, "unknown");
+	ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	if (ci == NULL || (sa = ci->client_addr) == NULL)
+		return;
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+
+		if (inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host)))
+			snprintf(out, outlen, "%s:%u", host,
+			    ntohs(in->sin_port));
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 =
+		    (const struct sockaddr_in6 *)sa;
+
+		if (inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host)))
+			snprintf(out, outlen, "[%s]:%u", host,
+			    ntohs(in6->sin6_port));
+	}
+}
+
+/* Hands a whole request (or one refused for its size) to the handler. */
+static enum MHD_Result
+call_post(struct httpd *h, struct MHD_Connection *c, const char *url,
+    const char *method, const struct upload *u, bool too_large)
+{
+	struct httpd_request req;
+	struct httpd_response res;
+	enum MHD_Result ret;
+	int status;
+
+	memset(&req, 0, sizeof(req));
+	req.method = method;
+	req.path = url;
+	req.body = u != NULL && u->body.data != NULL ? u->body.data : "";
+	req.bodylen = u != NULL ? u->body.len : 0;
+	req.too_large = too_large;
+	req.max_body = h->max_body;
+	req.conn = c;
+	client_address(c, req.client, sizeof(req.client));
+	memset(&res, 0, sizeof(res));
+	buf_init(&res.body);
+	status = h->post(h->arg, &req, &res);
+	if (status < 100 || status > 599) {
+		log_warnx("httpd: %s %s: handler returned status %d, "
+		    "sending 500", method, url, status);
+		status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+	}
+	ret = respond(c, (unsigned int)status, res.body.data, res.body.len,
+	    res.content_type != NULL ? res.content_type : "application/json",
+	    res.allow, res.retry_after);
+	buf_free(&res.body);
+	return ret;
+}
+
+/*
+ * The POST server: the body is gathered up to max_body (a declared
+ * Content-Length over it is refused before anything is read), then the
+ * handler sees the whole request once, whatever its method.
+ */
+static enum MHD_Result
+on_post_request(void *cls, struct MHD_Connection *c, const char *url,
+    const char *method, const char *version, const char *upload_data,
+    size_t *upload_data_size, void **req_cls)
+{
+	struct httpd *h = cls;
+	struct upload *u = *req_cls;
+	const char *cl;
+
+	if (u == NULL) {
+		cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+		    MHD_HTTP_HEADER_CONTENT_LENGTH);
+		/* Answered now: MHD then closes instead of reading it all. */
+		if (cl != NULL && strtoull(cl, NULL, 10) > h->max_body)
+			return call_post(h, c, url, method, NULL, true);
+		u = xcalloc(1, sizeof(*u));
+		buf_init(&u->body);
+		*req_cls = u;
+		return MHD_YES;
+	}
+	if (*upload_data_size != 0) {
+		/* Chunked, or a Content-Length that lied: counted here. */
+		if (!u->too_large && u->body.len + *upload_data_size <=
+		    h->max_body)
+			buf_append(&u->body, upload_data, *upload_data_size);
+		else {
+			u->too_large = true;
+			buf_free(&u->body);
+			buf_init(&u->body);
+		}
+		*upload_data_size = 0;
+		return MHD_YES;
+	}
+	return call_post(h, c, url, method, u, u->too_large);
+}
+
+static void
+on_post_completed(void *cls, struct MHD_Connection *c, void **req_cls,
+    enum MHD_RequestTerminationCode code)
+{
+	struct upload *u = *req_cls;
+
+	(void)cls;
+	(void)c;
+	(void)code;
+	if (u != NULL) {
+		buf_free(&u->body);
+		free(u);
+		*req_cls = NULL;
+	}
+}
+
+const char *
+httpd_header(const struct httpd_request *req, const char *name)
+{
+	return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+struct header_walk {
+	httpd_header_fn	 fn;
+	void		*arg;
+	int		 rv;
+};
+
+static enum MHD_Result
+walk_header(void *cls, enum MHD_ValueKind kind, const char *key,
+    const char *value)
+{
+	struct header_walk *w = cls;
+
+	(void)kind;
+	if (w->fn(w->arg, key, value != NULL ? value : "") == -1) {
+		w->rv = -1;
+		return MHD_NO;
+	}
+	return MHD_YES;
+}
+
+int
+httpd_headers(const struct httpd_request *req, httpd_header_fn fn,
+    void *arg)
+{
+	struct header_walk w = { fn, arg, 0 };
+
+	MHD_get_connection_values(req->conn, MHD_HEADER_KIND, walk_header, &w);
+	return w.rv;
+}
+
+const char *
+httpd_client(const struct httpd_request *req)
+{
+	return req->client;
+}
+
+const char *
+httpd_path(const struct httpd_request *req)
+{
+	return req->path;
+}
+
+const char *
+httpd_method(const struct httpd_request *req)
+{
+	return req->method;
+}
+
+size_t
+httpd_body_too_large(const struct httpd_request *req)
+{
+	return req->too_large ? req->max_body : 0;
+}
+
+const char *
+httpd_body(const struct httpd_request *req, size_t *len)
+{
+	*len = req->bodylen;
+	return req->body;
 }
 
 /* Keeps track of the connection sockets a forked child has to close. */
@@ -328,7 +545,7 @@ on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
 	ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
 	if (ci == NULL)
 		return;
-	for (int i = 0; i < CONN_MAX; i++) {
+	for (int i = 0; i < h->conn_max; i++) {
 		if (h->conn_fds[i] == -1) {
 			h->conn_fds[i] = ci->connect_fd;
 			*socket_context = &h->conn_fds[i];
@@ -337,45 +554,109 @@ on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
 	}
 	/* MHD_OPTION_CONNECTION_LIMIT makes this unreachable. */
 	log_warnx("httpd: more than %d connections: fd %d not tracked",
-	    CONN_MAX, ci->connect_fd);
+	    h->conn_max, ci->connect_fd);
+}
+
+int
+httpd_listen(const char *listen, int *port, char *err, size_t errlen)
+{
+	struct sockaddr_storage ss;
+	socklen_t sslen;
+
+	if (parse_listen(listen, &ss, &sslen, err, errlen) == -1)
+		return -1;
+	return open_listener(listen, &ss, sslen, port, err, errlen);
+}
+
+/* MHD on a bound socket; h is filled but for the handlers. */
+static int
+start_mhd(struct httpd *h, int fd, int conn_max, size_t conn_memory,
+    const char *what, char *err, size_t errlen)
+{
+	struct sockaddr_storage bound;
+	socklen_t boundlen = sizeof(bound);
+	unsigned int flags = MHD_USE_ERROR_LOG;	/* no thread flag: external select */
+
+	if (getsockname(fd, (struct sockaddr *)&bound, &boundlen) == -1) {
+		snprintf(err, errlen, "%s: getsockname: %s", what,
+		    strerror(errno));
+		return -1;
+	}
+	if (bound.ss_family == AF_INET6)
+		flags |= MHD_USE_IPv6;
+	h->listen_fd = fd;
+	h->port = ntohs(bound.ss_family == AF_INET6 ?
+	    ((struct sockaddr_in6 *)&bound)->sin6_port :
+	    ((struct sockaddr_in *)&bound)->sin_port);
+	h->conn_max = conn_max;
+	h->conn_fds = xcalloc((size_t)conn_max, sizeof(*h->conn_fds));
+	for (int i = 0; i < conn_max; i++)
+		h->conn_fds[i] = -1;
+	if (h->post != NULL)
+		h->mhd = MHD_start_daemon(flags, 0, NULL, NULL,
+		    on_post_request, h,
+		    MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+		    MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
+		    MHD_OPTION_CONNECTION_LIMIT, (unsigned int)conn_max,
+		    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)CONN_TIMEOUT_S,
+		    MHD_OPTION_CONNECTION_MEMORY_LIMIT, conn_memory,
+		    MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
+		    MHD_OPTION_NOTIFY_COMPLETED, on_post_completed, h,
+		    MHD_OPTION_END);
+	else
+		h->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h,
+		    MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+		    MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
+		    MHD_OPTION_CONNECTION_LIMIT, (unsigned int)conn_max,
+		    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)CONN_TIMEOUT_S,
+		    MHD_OPTION_CONNECTION_MEMORY_LIMIT, conn_memory,
+		    MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
+		    MHD_OPTION_END);
+	if (h->mhd == NULL) {
+		snprintf(err, errlen, "%s: libmicrohttpd failed to start",
+		    what);
+		free(h->conn_fds);
+		return -1;
+	}
+	return 0;
 }
 
 struct httpd *
 httpd_start(const char *listen, httpd_handler handler, void *arg, char *err,
     size_t errlen)
 {
-	struct sockaddr_storage ss;
-	socklen_t sslen;
 	struct httpd *h;
-	unsigned int flags = MHD_USE_ERROR_LOG;	/* no thread flag: external select */
 	int fd, port;
 
-	if (parse_listen(listen, &ss, &sslen, err, errlen) == -1)
+	if ((fd = httpd_listen(listen, &port, err, errlen)) == -1)
 		return NULL;
-	if ((fd = open_listener(listen, &ss, sslen, &port, err, errlen)) == -1)
-		return NULL;
-	if (ss.ss_family == AF_INET6)
-		flags |= MHD_USE_IPv6;
-
 	h = xcalloc(1, sizeof(*h));
-	h->listen_fd = fd;
-	h->port = port;
 	h->handler = handler;
 	h->arg = arg;
-	for (int i = 0; i < CONN_MAX; i++)
-		h->conn_fds[i] = -1;
-	h->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h,
-	    MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-	    MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
-	    MHD_OPTION_CONNECTION_LIMIT, (unsigned int)CONN_MAX,
-	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)CONN_TIMEOUT_S,
-	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY,
-	    MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
-	    MHD_OPTION_END);
-	if (h->mhd == NULL) {
+	if (start_mhd(h, fd, CONN_MAX, CONN_MEMORY, listen, err,
+	    errlen) == -1) {
 		snprintf(err, errlen, "listen %s: libmicrohttpd failed to start",
 		    listen);
 		close(fd);
+		free(h);
+		return NULL;
+	}
+	return h;
+}
+
+struct httpd *
+httpd_start_post(int fd, httpd_post_handler handler, void *arg,
+    size_t max_body, int conn_max, char *err, size_t errlen)
+{
+	struct httpd *h;
+
+	h = xcalloc(1, sizeof(*h));
+	h->post = handler;
+	h->arg = arg;
+	h->max_body = max_body;
+	h->shared_fd = true;
+	if (start_mhd(h, fd, conn_max, POST_CONN_MEMORY, "ingress", err,
+	    errlen) == -1) {
 		free(h);
 		return NULL;
 	}
@@ -441,7 +722,7 @@ httpd_close_in_child(struct httpd *h)
 	if (h == NULL || h->closed)
 		return;
 	/* close(), never shutdown(): the parent's sockets stay as they are. */
-	for (int i = 0; i < CONN_MAX; i++) {
+	for (int i = 0; i < h->conn_max; i++) {
 		if (h->conn_fds[i] != -1) {
 			close(h->conn_fds[i]);
 			h->conn_fds[i] = -1;
@@ -459,7 +740,18 @@ httpd_stop(struct httpd *h)
 {
 	if (h == NULL)
 		return;
+	if (h->mhd != NULL && h->shared_fd) {
+		/*
+		 * The master keeps the socket for the next ingress process:
+		 * MHD lets go of it first, and only our descriptor is closed.
+		 */
+		MHD_socket fd = MHD_quiesce_daemon(h->mhd);
+
+		if (fd != MHD_INVALID_SOCKET)
+			close(fd);
+	}
 	if (h->mhd != NULL)
 		MHD_stop_daemon(h->mhd);	/* closes the listening socket too */
+	free(h->conn_fds);
 	free(h);
 }

@@ -536,6 +536,27 @@ metrics_render(const struct metrics_shm *shm, int nslots,
 	    "Entries in the dead-letter stream.",
 	    shm->group.dead_letter_length);
 
+	family(b, "stagerelay_ingress_requests_total", "counter",
+	    "Requests the ingress answered, by HTTP status.");
+	for (i = 0; i < METRICS_INGRESS_CODES; i++) {
+		if (metrics_ingress_codes[i] > 0)
+			buf_printf(b, "stagerelay_ingress_requests_total{code="
+			    "\"%d\"} %llu\n", metrics_ingress_codes[i],
+			    (unsigned long long)shm->ingress.requests[i]);
+		else
+			buf_printf(b, "stagerelay_ingress_requests_total{code="
+			    "\"other\"} %llu\n",
+			    (unsigned long long)shm->ingress.requests[i]);
+	}
+	family(b, "stagerelay_ingress_events_total", "counter",
+	    "Events the ingress appended to the source stream.");
+	sample_u(b, "stagerelay_ingress_events_total", shm->ingress.events);
+	family(b, "stagerelay_ingress_up", "gauge",
+	    "1 while the ingress is enabled and its last append reached "
+	    "Redis.");
+	sample_i(b, "stagerelay_ingress_up", (long long)(shm->ingress.enabled &&
+	    shm->ingress.redis_up));
+
 	family(b, "stagerelay_workers_alive", "gauge",
 	    "Worker processes running.");
 	sample_i(b, "stagerelay_workers_alive", alive);
@@ -567,4 +588,21 @@ metrics_render(const struct metrics_shm *shm, int nslots,
 	buf_puts(b, "stagerelay_build_info{version=\"");
 	metrics_label_escape(b, version != NULL ? version : "unknown");
 	buf_puts(b, "\"} 1\n");
+}
+
+const int metrics_ingress_codes[METRICS_INGRESS_CODES] = {
+	202, 400, 401, 404, 405, 413, 415, 500, 503, -1
+};
+
+void
+metrics_ingress_request(struct metrics_ingress *mi, int status,
+    size_t events)
+{
+	size_t i;
+
+	for (i = 0; i + 1 < METRICS_INGRESS_CODES; i++)
+		if (metrics_ingress_codes[i] == status)
+			break;
+	mi->requests[i]++;
+	mi->events += events;
 }

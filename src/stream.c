@@ -22,6 +22,7 @@ struct stream {
 	const struct config	*cfg;
 	char			*consumer;
 	redisContext		*rc;
+	int			 timeout_ms;	/* 0: poll_interval_ms + 10 s */
 };
 
 struct stream *
@@ -109,7 +110,8 @@ stream_connect(struct stream *s)
 		return -1;
 	}
 	/* A blocking read must not time out on the client side first. */
-	rw_ms = (long long)cfg->poll_interval_ms + 10000;
+	rw_ms = s->timeout_ms > 0 ? s->timeout_ms :
+	    (long long)cfg->poll_interval_ms + 10000;
 	rtv.tv_sec = rw_ms / 1000;
 	rtv.tv_usec = (rw_ms % 1000) * 1000;
 	redisSetTimeout(s->rc, rtv);
@@ -361,6 +363,142 @@ stream_dead_letter(struct stream *s, const struct stream_entry *e,
 	free(argv);
 	free(lens);
 	return simple_ok(r, "XADD dead-letter") == 0 ? 0 : STREAM_ERR;
+}
+
+void
+stream_set_timeout(struct stream *s, int ms)
+{
+	struct timeval tv;
+
+	s->timeout_ms = ms;
+	if (s->rc != NULL) {
+		tv.tv_sec = ms / 1000;
+		tv.tv_usec = (ms % 1000) * 1000;
+		redisSetTimeout(s->rc, tv);
+	}
+}
+
+/* Queues one XADD (redisAppendCommandArgv: the reply is read later). */
+static int
+append_xadd(struct stream *s, const struct stream_new_entry *e, long maxlen)
+{
+	const char **argv;
+	size_t *lens, argc = 0;
+	char ml[24];
+	int rv;
+
+	argv = xcalloc(6 + 2 * e->nfields, sizeof(*argv));
+	lens = xcalloc(6 + 2 * e->nfields, sizeof(*lens));
+	argv[argc++] = "XADD";
+	argv[argc++] = s->cfg->source_stream;
+	if (maxlen > 0) {
+		snprintf(ml, sizeof(ml), "%ld", maxlen);
+		argv[argc++] = "MAXLEN";
+		argv[argc++] = "~";
+		argv[argc++] = ml;
+	}
+	argv[argc++] = "*";
+	for (size_t i = 0; i < argc; i++)
+		lens[i] = strlen(argv[i]);
+	for (size_t i = 0; i < e->nfields; i++) {
+		argv[argc] = e->fields[i].name;
+		lens[argc++] = e->fields[i].namelen;
+		argv[argc] = e->fields[i].value;
+		lens[argc++] = e->fields[i].valuelen;
+	}
+	rv = redisAppendCommandArgv(s->rc, (int)argc, argv, lens);
+	free(argv);
+	free(lens);
+	return rv == REDIS_OK ? 0 : -1;
+}
+
+int
+stream_append(struct stream *s, const struct stream_new_entry *entries,
+    size_t n, long maxlen, char (*ids)[48])
+{
+	redisReply *r = NULL, *ids_reply;
+	size_t nreplies = 0;
+	bool multi = n > 1;
+	int rv = 0;
+
+	if (n == 0)
+		return 0;
+	if (s->rc == NULL && stream_connect(s) == -1)
+		return STREAM_ERR;
+	/*
+	 * MULTI on its own first: were it refused (an ACL without it), the
+	 * XADDs that follow would run one by one, not all or none.
+	 */
+	if (multi) {
+		const char *argv[1] = { "MULTI" };
+
+		if (simple_ok(command(s, 1, argv, NULL), "MULTI") == -1)
+			return s->rc == NULL ? STREAM_ERR : STREAM_REFUSED;
+	}
+	/* Then the XADDs and EXEC, pipelined: one round trip. */
+	for (size_t i = 0; i < n; i++)
+		if (append_xadd(s, &entries[i], maxlen) == -1)
+			goto lost;
+	if (multi && redisAppendCommand(s->rc, "EXEC") != REDIS_OK)
+		goto lost;
+	nreplies = multi ? n + 1 : 1;
+	for (size_t i = 0; i < nreplies; i++) {
+		void *reply = NULL;
+
+		if (redisGetReply(s->rc, &reply) != REDIS_OK || reply == NULL)
+			goto lost;
+		r = reply;
+		if (i + 1 < nreplies) {
+			/* +QUEUED per XADD, or an error now (EXEC aborts). */
+			if (r->type == REDIS_REPLY_ERROR && rv == 0) {
+				log_warnx("redis: XADD: %s", r->str);
+				rv = STREAM_REFUSED;
+			}
+			freeReplyObject(r);
+			r = NULL;
+		}
+	}
+	if (rv != 0)
+		goto done;
+	if (r->type == REDIS_REPLY_ERROR) {
+		log_warnx("redis: %s: %s", multi ? "EXEC" : "XADD", r->str);
+		rv = STREAM_REFUSED;
+		goto done;
+	}
+	if (!multi) {
+		if (r->type != REDIS_REPLY_STRING)
+			goto odd;
+		strlcpy_s(ids[0], r->str, sizeof(ids[0]));
+		goto done;
+	}
+	ids_reply = r;
+	if (ids_reply->type != REDIS_REPLY_ARRAY || ids_reply->elements != n)
+		goto odd;
+	for (size_t i = 0; i < n; i++) {
+		const redisReply *e = ids_reply->element[i];
+
+		if (e->type == REDIS_REPLY_ERROR) {
+			log_warnx("redis: XADD: %s", e->str);
+			rv = STREAM_REFUSED;
+			goto done;
+		}
+		if (e->type != REDIS_REPLY_STRING)
+			goto odd;
+		strlcpy_s(ids[i], e->str, sizeof(ids[i]));
+	}
+	goto done;
+odd:
+	log_warnx("redis: XADD: unexpected reply (type %d)", r->type);
+	rv = STREAM_REFUSED;
+done:
+	if (r != NULL)
+		freeReplyObject(r);
+	return rv;
+lost:
+	log_warnx("redis: XADD: %s", s->rc->errstr[0] ? s->rc->errstr :
+	    "connection lost");
+	stream_disconnect(s);
+	return STREAM_ERR;
 }
 
 long

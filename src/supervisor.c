@@ -7,6 +7,8 @@
  * reaps, respawns with backoff, kills hung workers, reloads and stops, and
  * in between serves /metrics, /healthz and /readyz from what the workers
  * wrote into shared memory (its listening socket is closed in every child).
+ * With ingress.enabled one more child, the ingress, serves CloudEvents over
+ * HTTP on a socket the master opened and keeps across its restarts.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
@@ -29,6 +31,7 @@
 #include <unistd.h>
 
 #include "httpd.h"
+#include "ingress.h"
 #include "log.h"
 #include "metrics.h"
 #include "supervisor.h"
@@ -36,6 +39,8 @@
 #include "worker.h"
 
 #define SLOTS_MAX		256
+#define INGRESS_SLOT		(SLOTS_MAX + 1)	/* the ingress process */
+#define SLOT_LAST		INGRESS_SLOT
 #define BACKOFF_MIN_MS		1000
 #define BACKOFF_MAX_MS		60000
 #define STABLE_RUN_MS		30000	/* a run this long resets the backoff */
@@ -70,10 +75,12 @@ static volatile sig_atomic_t child_stop, child_reopen;
 static struct {
 	struct config		*cfg;
 	const struct supervisor_opts *opts;
-	struct slot		 slots[SLOTS_MAX + 1];	/* 1-based */
-	struct worker_shm	*shm;			/* SLOTS_MAX + 1 entries */
+	struct slot		 slots[SLOT_LAST + 1];	/* 1-based */
+	struct worker_shm	*shm;			/* SLOT_LAST + 1 entries */
 	struct metrics_shm	*metrics;		/* mapped before fork too */
 	struct httpd		*httpd;			/* NULL: metrics.listen "" */
+	int			 ingress_fd;		/* -1: no ingress */
+	char			*ingress_listen;	/* what ingress_fd is bound to */
 	int			 workers;		/* wanted */
 	int			 pipe_r, pipe_w;	/* parent-death pipe */
 	long long		 crashes[SLOTS_MAX * CRASHES_PER_WORKER];
@@ -208,6 +215,45 @@ set_handler(int sig, void (*fn)(int), int flags)
 
 /* ---- workers ------------------------------------------------------------ */
 
+/* The ingress's part of child_main(), once it is a child of its own. */
+static void __attribute__((noreturn))
+ingress_child(void)
+{
+	struct ingress_opts opts;
+	int code;
+
+	prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
+	if (getppid() != m.master_pid)
+		_exit(0);
+	log_set_procname("ingress");
+	proctitle_set("stagerelay: ingress (%s)", m.ingress_listen);
+	memset(&opts, 0, sizeof(opts));
+	opts.listen_fd = m.ingress_fd;
+	opts.listen = m.ingress_listen;
+	opts.stop = &child_stop;
+	opts.reopen = &child_reopen;
+	opts.shm = &m.shm[INGRESS_SLOT];
+	opts.metrics = &m.metrics->ingress;
+	close(m.pipe_r);
+	code = ingress_run(m.cfg, &opts);
+	close(m.ingress_fd);
+#ifdef STAGERELAY_DEBUG
+	config_free(m.cfg);
+#endif
+	exit(code);
+}
+
+/* "3", or "ingress", for log lines. */
+static const char *
+slot_name(int slot, char *buf, size_t len)
+{
+	if (slot == INGRESS_SLOT)
+		snprintf(buf, len, "ingress");
+	else
+		snprintf(buf, len, "%d", slot);
+	return buf;
+}
+
 static void __attribute__((noreturn))
 child_main(int slot)
 {
@@ -228,6 +274,10 @@ child_main(int slot)
 	unsetenv("WATCHDOG_PID");
 	close(m.pipe_w);
 	httpd_close_in_child(m.httpd);
+	if (slot == INGRESS_SLOT)
+		ingress_child();
+	if (m.ingress_fd != -1)
+		close(m.ingress_fd);	/* only the ingress serves it */
 	/* The master dying sends us TERM; the pipe covers the race before. */
 	prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
 	if (getppid() != m.master_pid)
@@ -276,6 +326,11 @@ spawn(int slot)
 	s->started_ms = now_mono_ms();
 	s->abrt_at_ms = 0;
 	snprintf(pidbuf, sizeof(pidbuf), "%d", (int)pid);
+	if (slot == INGRESS_SLOT) {
+		log_event(LOG_INFO, "ingress_spawned", "pid", pidbuf, "listen",
+		    m.cfg->ingress.listen, (const char *)NULL);
+		return;
+	}
 	snprintf(slotbuf, sizeof(slotbuf), "%d", slot);
 	snprintf(cons, sizeof(cons), "%s-%d", m.cfg->consumer_name, slot);
 	log_event(LOG_INFO, "worker_spawned", "slot", slotbuf, "pid", pidbuf,
@@ -285,7 +340,7 @@ spawn(int slot)
 static int
 slot_of(pid_t pid)
 {
-	for (int i = 1; i <= SLOTS_MAX; i++)
+	for (int i = 1; i <= SLOT_LAST; i++)
 		if (m.slots[i].pid == pid && m.slots[i].state != SLOT_EMPTY &&
 		    m.slots[i].state != SLOT_WAITING &&
 		    m.slots[i].state != SLOT_CONFIG_ERROR)
@@ -340,7 +395,7 @@ reap(void)
 		else
 			snprintf(status, sizeof(status), "exit:%d",
 			    WEXITSTATUS(st));
-		snprintf(slotbuf, sizeof(slotbuf), "%d", slot);
+		slot_name(slot, slotbuf, sizeof(slotbuf));
 		snprintf(pidbuf, sizeof(pidbuf), "%d", (int)pid);
 		s->pid = 0;
 
@@ -355,7 +410,8 @@ reap(void)
 			    "pid", pidbuf, "status", status, "reason", "reload",
 			    (const char *)NULL);
 			/* A slot retired meanwhile (TTOU) is not restarted. */
-			if (slot <= m.workers)
+			if (slot <= m.workers ||
+			    (slot == INGRESS_SLOT && m.ingress_fd != -1))
 				spawn(slot);
 			else
 				s->state = SLOT_EMPTY;
@@ -387,7 +443,8 @@ reap(void)
 		snprintf(delay, sizeof(delay), "%d", s->backoff_ms);
 		log_event(LOG_INFO, "worker_respawn", "slot", slotbuf,
 		    "delay_ms", delay, (const char *)NULL);
-		if (crashes_in_window(now) >= CRASHES_PER_WORKER * m.workers) {
+		if (crashes_in_window(now) >= CRASHES_PER_WORKER *
+		    (m.workers + (m.ingress_fd != -1))) {
 			char n[16], w[16];
 
 			snprintf(n, sizeof(n), "%zu", m.ncrashes);
@@ -408,7 +465,7 @@ check_heartbeats(void)
 	long long now = now_mono_ms();
 	long long limit = (long long)m.cfg->supervisor.worker_timeout * 1000;
 
-	for (int i = 1; i <= SLOTS_MAX; i++) {
+	for (int i = 1; i <= SLOT_LAST; i++) {
 		struct slot *s = &m.slots[i];
 		long long age;
 		char slotbuf[16], pidbuf[16], agebuf[24];
@@ -424,7 +481,7 @@ check_heartbeats(void)
 		age = now - m.shm[i].heartbeat_ms;
 		if (limit <= 0 || age <= limit)
 			continue;
-		snprintf(slotbuf, sizeof(slotbuf), "%d", i);
+		slot_name(i, slotbuf, sizeof(slotbuf));
 		snprintf(pidbuf, sizeof(pidbuf), "%d", (int)s->pid);
 		snprintf(agebuf, sizeof(agebuf), "%lld", age);
 		log_event(LOG_WARN, "worker_hung", "slot", slotbuf, "pid",
@@ -448,6 +505,10 @@ respawn_due(void)
 		    (s->state == SLOT_WAITING && now >= s->respawn_at_ms))
 			spawn(i);
 	}
+	if (m.ingress_fd != -1 && (m.slots[INGRESS_SLOT].state == SLOT_EMPTY ||
+	    (m.slots[INGRESS_SLOT].state == SLOT_WAITING &&
+	    now >= m.slots[INGRESS_SLOT].respawn_at_ms)))
+		spawn(INGRESS_SLOT);
 }
 
 static int
@@ -455,7 +516,7 @@ alive(void)
 {
 	int n = 0;
 
-	for (int i = 1; i <= SLOTS_MAX; i++)
+	for (int i = 1; i <= SLOT_LAST; i++)
 		if (m.slots[i].pid != 0)
 			n++;
 	return n;
@@ -487,7 +548,7 @@ send_status(bool force)
 static void
 signal_all(int sig)
 {
-	for (int i = 1; i <= SLOTS_MAX; i++)
+	for (int i = 1; i <= SLOT_LAST; i++)
 		if (m.slots[i].pid != 0)
 			kill(m.slots[i].pid, sig);
 }
@@ -528,6 +589,75 @@ set_workers(int n, const char *why)
 
 static void	metrics_tables(const struct config *);
 
+/*
+ * The ingress's socket, opened by the master (at start-up, or by a reload
+ * that enables it) and kept while the ingress process comes and goes.
+ */
+static int
+ingress_open(const struct config *cfg)
+{
+	char err[256];
+	int port;
+
+	if (!cfg->ingress.enabled)
+		return 0;
+	m.ingress_fd = httpd_listen(cfg->ingress.listen, &port, err,
+	    sizeof(err));
+	if (m.ingress_fd == -1) {
+		log_event(LOG_ERROR, "ingress_listen_failed", "listen",
+		    cfg->ingress.listen, "detail", err, "hint", "set "
+		    "ingress.listen to a free address, or ingress.enabled: "
+		    "false", (const char *)NULL);
+		return -1;
+	}
+	m.ingress_listen = xstrdup(cfg->ingress.listen);
+	m.metrics->ingress.enabled = 1;
+	return 0;
+}
+
+static void
+ingress_close(void)
+{
+	if (m.ingress_fd != -1)
+		close(m.ingress_fd);
+	m.ingress_fd = -1;
+	free(m.ingress_listen);
+	m.ingress_listen = NULL;
+	m.metrics->ingress.enabled = 0;
+}
+
+/* A reload: the socket stays where it is; the process takes the config. */
+static void
+ingress_reload(const struct config *next)
+{
+	struct slot *s = &m.slots[INGRESS_SLOT];
+
+	if (!next->ingress.enabled) {
+		if (m.ingress_fd != -1) {
+			ingress_close();
+			retire(INGRESS_SLOT);
+		}
+		return;
+	}
+	if (m.ingress_fd == -1) {
+		if (ingress_open(next) == -1)
+			log_event(LOG_WARN, "reload_partial", "key",
+			    "ingress.enabled", "detail", "the ingress stays "
+			    "off: its address could not be opened",
+			    (const char *)NULL);
+		return;
+	}
+	if (strcmp(next->ingress.listen, m.ingress_listen) != 0)
+		log_event(LOG_WARN, "reload_partial", "key", "ingress.listen",
+		    "detail", "the ingress keeps its address until a restart",
+		    (const char *)NULL);
+	/* At once: its clients wait in the socket's backlog meanwhile. */
+	if (s->state == SLOT_RUNNING && s->pid != 0) {
+		s->state = SLOT_RESTARTING;
+		kill(s->pid, SIGTERM);
+	}
+}
+
 static void
 reload(void)
 {
@@ -551,6 +681,7 @@ reload(void)
 		log_event(LOG_WARN, "reload_partial", "key", "metrics.listen",
 		    "detail", "the endpoint keeps its address until a restart",
 		    (const char *)NULL);
+	ingress_reload(next);
 	config_free(m.cfg);
 	free(m.cfg);
 	m.cfg = next;
@@ -665,8 +796,23 @@ healthz(struct buf *body)
 			bad++;
 		}
 	}
+	if (m.ingress_fd != -1) {
+		const struct slot *s = &m.slots[INGRESS_SLOT];
+
+		if (s->state != SLOT_RUNNING) {
+			buf_printf(body, "ingress: not running\n");
+			bad++;
+		} else if (now - m.shm[INGRESS_SLOT].heartbeat_ms > limit) {
+			buf_printf(body, "ingress: no heartbeat for %lld ms "
+			    "(worker_timeout %d s)\n",
+			    now - m.shm[INGRESS_SLOT].heartbeat_ms,
+			    m.cfg->supervisor.worker_timeout);
+			bad++;
+		}
+	}
 	if (bad == 0)
-		buf_printf(body, "ok: %d workers heartbeating\n", m.workers);
+		buf_printf(body, "ok: %d workers heartbeating%s\n", m.workers,
+		    m.ingress_fd != -1 ? ", ingress too" : "");
 	return bad == 0 ? 200 : 503;
 }
 
@@ -698,6 +844,9 @@ readyz(struct buf *body)
 			buf_printf(body, "circuit: %s (worker %d)\n",
 			    ms->circuit == 1 ? "open" : "half-open", i);
 	}
+	if (m.ingress_fd != -1 && m.slots[INGRESS_SLOT].state == SLOT_RUNNING &&
+	    m.shm[INGRESS_SLOT].connected && !m.metrics->ingress.redis_up)
+		buf_printf(body, "ingress: redis unreachable\n");
 	if (g->polled_ms == 0 || wall - g->polled_ms > 5000)
 		buf_printf(body, "redis: no figures from worker 1 for %s\n",
 		    g->polled_ms == 0 ? "ever" : "over 5 s");
@@ -753,7 +902,7 @@ shutdown_all(void)
 	sd_notify_send("STOPPING=1");
 	log_event(LOG_INFO, "master_stopping", "workers_alive",
 	    alive() ? "yes" : "no", (const char *)NULL);
-	for (int i = 1; i <= SLOTS_MAX; i++) {
+	for (int i = 1; i <= SLOT_LAST; i++) {
 		if (m.slots[i].pid != 0)
 			m.slots[i].state = SLOT_STOPPING;
 		else if (m.slots[i].state != SLOT_EMPTY)
@@ -790,11 +939,12 @@ supervisor_run(struct config *cfg, const struct supervisor_opts *opts)
 	m.cfg = cfg;
 	m.opts = opts;
 	m.master_pid = getpid();
+	m.ingress_fd = -1;
 	m.workers = opts->workers > 0 ? opts->workers : cfg->concurrent_tasks;
 	if (m.workers > SLOTS_MAX)
 		m.workers = SLOTS_MAX;
 	/* Mapped before any fork: the workers' heartbeats live here. */
-	m.shm = mmap(NULL, sizeof(*m.shm) * (SLOTS_MAX + 1),
+	m.shm = mmap(NULL, sizeof(*m.shm) * (SLOT_LAST + 1),
 	    PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (m.shm == MAP_FAILED)
 		fatal("master: mmap");
@@ -819,7 +969,7 @@ supervisor_run(struct config *cfg, const struct supervisor_opts *opts)
 			    "set metrics.listen to a free address, or \"\" to "
 			    "disable the endpoint", (const char *)NULL);
 			munmap(m.metrics, sizeof(*m.metrics));
-			munmap(m.shm, sizeof(*m.shm) * (SLOTS_MAX + 1));
+			munmap(m.shm, sizeof(*m.shm) * (SLOT_LAST + 1));
 			config_free(m.cfg);
 			free(m.cfg);
 			return 1;
@@ -827,6 +977,14 @@ supervisor_run(struct config *cfg, const struct supervisor_opts *opts)
 		log_event(LOG_INFO, "metrics_listening", "listen",
 		    cfg->metrics.listen, "paths", "/metrics /healthz /readyz",
 		    (const char *)NULL);
+	}
+	if (ingress_open(cfg) == -1) {
+		httpd_stop(m.httpd);
+		munmap(m.metrics, sizeof(*m.metrics));
+		munmap(m.shm, sizeof(*m.shm) * (SLOT_LAST + 1));
+		config_free(m.cfg);
+		free(m.cfg);
+		return 1;
 	}
 	if (pipe2(pfd, O_CLOEXEC) == -1)
 		fatal("master: pipe");
@@ -920,9 +1078,10 @@ supervisor_run(struct config *cfg, const struct supervisor_opts *opts)
 	    "workers_killed" : "config_error", (const char *)NULL);
 	close(m.pipe_r);
 	close(m.pipe_w);
+	ingress_close();
 	httpd_stop(m.httpd);
 	munmap(m.metrics, sizeof(*m.metrics));
-	munmap(m.shm, sizeof(*m.shm) * (SLOTS_MAX + 1));
+	munmap(m.shm, sizeof(*m.shm) * (SLOT_LAST + 1));
 	config_free(m.cfg);
 	free(m.cfg);
 	return code;

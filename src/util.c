@@ -337,3 +337,99 @@ str_has_control(const char *s)
 			return 1;
 	return 0;
 }
+
+const char *
+json_skip_ws(const char *p, const char *end)
+{
+	while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' ||
+	    *p == '\r'))
+		p++;
+	return p;
+}
+
+/* Past the string that starts at the quote p; NULL if it never closes. */
+static const char *
+json_skip_string(const char *p, const char *end)
+{
+	for (p++; p < end; p++) {
+		if (*p == '\\') {
+			if (++p >= end)
+				return NULL;
+		} else if (*p == '"')
+			return p + 1;
+	}
+	return NULL;
+}
+
+const char *
+json_skip_value(const char *p, const char *end)
+{
+	int depth = 0;
+
+	p = json_skip_ws(p, end);
+	if (p >= end)
+		return NULL;
+	if (*p == '"')
+		return json_skip_string(p, end);
+	if (*p != '{' && *p != '[') {
+		/* A number, true, false or null: up to a delimiter. */
+		const char *q = p;
+
+		while (q < end && *q != ',' && *q != '}' && *q != ']' &&
+		    *q != ' ' && *q != '\t' && *q != '\n' && *q != '\r')
+			q++;
+		return q > p ? q : NULL;
+	}
+	/* Brackets counted, strings skipped whole: their brackets are text. */
+	for (; p < end; p++) {
+		if (*p == '"') {
+			if ((p = json_skip_string(p, end)) == NULL)
+				return NULL;
+			p--;
+		} else if (*p == '{' || *p == '[')
+			depth++;
+		else if ((*p == '}' || *p == ']') && --depth == 0)
+			return p + 1;
+	}
+	return NULL;
+}
+
+int
+json_member_span(const char *text, size_t len, const char *name,
+    const char **start, size_t *n)
+{
+	const char *p = text, *end = text + len, *key, *kend, *v;
+	size_t namelen = strlen(name);
+
+	p = json_skip_ws(p, end);
+	if (p >= end || *p != '{')
+		return -1;
+	p = json_skip_ws(p + 1, end);
+	if (p < end && *p == '}')
+		return 0;
+	while (p < end) {
+		if (*p != '"' || (kend = json_skip_string(p, end)) == NULL)
+			return -1;
+		key = p + 1;
+		p = json_skip_ws(kend, end);
+		if (p >= end || *p != ':')
+			return -1;
+		v = json_skip_ws(p + 1, end);
+		if ((p = json_skip_value(v, end)) == NULL)
+			return -1;
+		/* Names with escapes are compared as written: no match. */
+		if ((size_t)(kend - 1 - key) == namelen &&
+		    memcmp(key, name, namelen) == 0) {
+			*start = v;
+			*n = (size_t)(p - v);
+			return 1;
+		}
+		p = json_skip_ws(p, end);
+		if (p < end && *p == '}')
+			return 0;
+		if (p >= end || *p != ',')
+			return -1;
+		p = json_skip_ws(p + 1, end);
+	}
+	return -1;
+}

@@ -259,7 +259,8 @@ class Daemon:
             if r.get("msg") == "worker_spawned" and r.get("proc") == "master":
                 pids[int(r["slot"])] = int(r["pid"])
             elif r.get("msg") == "worker_exited" and \
-                    r.get("proc") == "master":
+                    r.get("proc") == "master" and \
+                    r.get("slot") != "ingress":
                 slot, pid = int(r["slot"]), int(r["pid"])
                 if pids.get(slot) == pid:
                     del pids[slot]
@@ -268,7 +269,8 @@ class Daemon:
     def all_worker_pids(self):
         """Every worker pid the master ever logged as spawned."""
         return [int(r["pid"]) for r in self.logs
-                if r.get("msg") == "worker_spawned" and "pid" in r]
+                if r.get("msg") in ("worker_spawned", "ingress_spawned")
+                and "pid" in r]
 
     def stop(self, sig=signal.SIGTERM, timeout=15.0):
         """Signals the daemon and returns its exit status."""
