@@ -135,7 +135,7 @@ struct config {
 	/* CloudEvents over HTTP into source_stream (the ingress process). */
 	struct {
 		bool	 enabled;		/* default false */
-		char	*listen;		/* default "127.0.0.1:9465" */
+		char	*listen;		/* default "127.0.0.1:9466" */
 		char	*path;			/* default "/v2/events/stage1" */
 		char	*secret;		/* HMAC key, or secret_file; NULL:
 						   no signature checked */

@@ -72,6 +72,7 @@ enum ktype {
 };
 
 #define KF_TEMPLATE	0x1	/* string is a template: syntax-checked now */
+#define KF_NONEMPTY	0x2	/* optional string: null is absent, "" an error */
 
 struct kdef {
 	const char		*name;
@@ -162,7 +163,9 @@ static const struct kdef ingress_keys[] = {
 	K_BOOL("enabled", CFG(ingress.enabled)),
 	K_STR("listen", CFG(ingress.listen)),
 	K_STR("path", CFG(ingress.path)),
-	K_STR("secret", CFG(ingress.secret)),	/* "" is an error: ${VAR} unset */
+	/* "" is an error: a ${VAR:-} left empty must not turn checks off. */
+	{ .name = "secret", .type = KT_OPTSTRING, .off = CFG(ingress.secret),
+	    .flags = KF_NONEMPTY },
 	{ .name = "secret_file", .type = KT_SECRET_FILE,
 	    .off = CFG(ingress.secret) },
 	K_SIZE("max_body_bytes", CFG(ingress.max_body_bytes), 1024,
@@ -1265,6 +1268,9 @@ parse_value(struct loader *ld, void *base, const struct kdef *k,
 			return -1;
 		if (k->type == KT_OPTSTRING && *s == '\0') {
 			free(s);
+			if ((k->flags & KF_NONEMPTY) && !is_null(v))
+				return lerr(ld, v, "%s: is empty (an unset "
+				    "${VAR}?); leave the key out instead", key);
 			s = NULL;
 		}
 		set_string(base, k->off, s);
@@ -1529,7 +1535,7 @@ config_defaults(struct config *cfg)
 
 	cfg->metrics.listen = xstrdup("127.0.0.1:9464");
 
-	cfg->ingress.listen = xstrdup("127.0.0.1:9465");
+	cfg->ingress.listen = xstrdup("127.0.0.1:9466");
 	cfg->ingress.path = xstrdup("/v2/events/stage1");
 	cfg->ingress.max_body_bytes = (size_t)4 << 20;
 	cfg->ingress.max_batch_events = 1000;
@@ -1847,6 +1853,20 @@ check_transport(struct config *cfg)
 		    "credential", (int)(end - host), host);
 }
 
+/* An ingress open to a network with no signature takes anyone's events. */
+static void
+check_ingress_exposure(struct config *cfg)
+{
+	const char *l = cfg->ingress.listen;
+
+	if (!cfg->ingress.enabled || cfg->ingress.secret != NULL ||
+	    strncmp(l, "127.", 4) == 0 || strncmp(l, "[::1]:", 6) == 0)
+		return;
+	add_warning(cfg, "config: the ingress listens on %s without "
+	    "ingress.secret: whoever reaches it can append events; set "
+	    "ingress.secret_file, or listen on the loopback", l);
+}
+
 static void
 check_permissions(struct loader *ld, struct config *cfg)
 {
@@ -1973,8 +1993,8 @@ validate_ingress(struct loader *ld, const struct config *cfg)
 	if (!listen_ok(cfg->ingress.listen) ||
 	    httpd_check_listen(cfg->ingress.listen, herr, sizeof(herr)) == -1)
 		return verr(ld, SECTION ".ingress.listen", "%s.ingress.listen: "
-		    "expected a numeric host:port (e.g. 127.0.0.1:9465 or "
-		    "[::]:9465), got \"%s\"", SECTION, cfg->ingress.listen);
+		    "expected a numeric host:port (e.g. 127.0.0.1:9466 or "
+		    "[::]:9466), got \"%s\"", SECTION, cfg->ingress.listen);
 	if (cfg->ingress.enabled && *cfg->metrics.listen != '\0' &&
 	    strcmp(cfg->ingress.listen, cfg->metrics.listen) == 0)
 		return verr(ld, SECTION ".ingress.listen", "%s.ingress.listen: "
@@ -1987,11 +2007,6 @@ validate_ingress(struct loader *ld, const struct config *cfg)
 		    "expected an absolute path without query, fragment, "
 		    "escapes or spaces (e.g. /v2/events/stage1), got \"%s\"",
 		    SECTION, p);
-	if (cfg->ingress.secret != NULL && *cfg->ingress.secret == '\0')
-		return verr(ld, SECTION ".ingress.secret", "%s.ingress.secret: "
-		    "is empty (an unset ${VAR}?); leave the key out to accept "
-		    "unsigned events",
-		    SECTION);
 	return 0;
 }
 
@@ -2155,6 +2170,7 @@ finish(struct loader *ld, struct config *cfg)
 		return -1;
 	check_permissions(ld, cfg);
 	check_transport(cfg);
+	check_ingress_exposure(cfg);
 	return 0;
 }
 

@@ -398,7 +398,7 @@ static int
 flatten_batch(struct ingress *ig, const char *body, size_t len,
     struct flat **out, size_t *nout, struct verdict *v)
 {
-	const char *p, *end = body + len, *next;
+	const char *p, *end = body + len, *next, *tail = NULL;
 	struct flat *fls = NULL;
 	size_t n = 0, cap = 0;
 	char prefix[48];
@@ -416,8 +416,13 @@ flatten_batch(struct ingress *ig, const char *body, size_t len,
 	if (nul)
 		return refuse(v, 400, "the batch holds the escape \\u0000 in a "
 		    "string");
-	if ((arr = cJSON_ParseWithLength(body, len)) == NULL)
+	arr = cJSON_ParseWithLengthOpts(body, len, &tail, 0);
+	if (arr == NULL)
 		return refuse(v, 400, "the body is not valid JSON");
+	if (json_skip_ws(tail, end) != end) {
+		cJSON_Delete(arr);
+		return refuse(v, 400, "the body has text after the JSON array");
+	}
 	if (!cJSON_IsArray(arr)) {
 		cJSON_Delete(arr);
 		return refuse(v, 400, "a batch is a JSON array of events");

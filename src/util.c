@@ -338,11 +338,17 @@ str_has_control(const char *s)
 	return 0;
 }
 
+/* Blanks as cJSON skips them: any byte up to the space (it accepted the text). */
+static bool
+json_blank(char c)
+{
+	return (unsigned char)c <= ' ';
+}
+
 const char *
 json_skip_ws(const char *p, const char *end)
 {
-	while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' ||
-	    *p == '\r'))
+	while (p < end && json_blank(*p))
 		p++;
 	return p;
 }
@@ -376,7 +382,7 @@ json_skip_value(const char *p, const char *end)
 		const char *q = p;
 
 		while (q < end && *q != ',' && *q != '}' && *q != ']' &&
-		    *q != ' ' && *q != '\t' && *q != '\n' && *q != '\r')
+		    !json_blank(*q))
 			q++;
 		return q > p ? q : NULL;
 	}

@@ -159,6 +159,8 @@ def test_binary_structured_and_batch_each_triggered_once(env):
     assert by_doc["doc-bin"]["headers"]["ce-id"] == "ev-bin"
     assert by_doc["doc-b2"]["headers"]["ce-id"] == "ev-b2"
 
+    wait_until(lambda: len(d.log("event_ingested")) == 5,
+               what="every event logged")
     ingested = d.log("event_ingested")
     assert sorted(r["event_id"] for r in ingested) == sorted(entries)
     assert {r["mode"] for r in ingested} == {"binary", "structured",
@@ -216,6 +218,9 @@ def test_refusals_name_the_rule_and_append_nothing(env):
          {"Content-Type": "application/cloudevents-batch+json"}),
         (400, "a batch is a JSON array", json.dumps(structured("doc-x")),
          {"Content-Type": "application/cloudevents-batch+json"}),
+        (400, "text after the JSON array",
+         json.dumps([structured("doc-x")]) + " []",
+         {"Content-Type": "application/cloudevents-batch+json"}),
         (415, "application/cloudevents+json", doc,
          {"Content-Type": "application/json"}),
         (415, "application/cloudevents+json", doc,
@@ -237,6 +242,9 @@ def test_refusals_name_the_rule_and_append_nothing(env):
     time.sleep(0.5)
     assert env.requests() == []
     assert env.dead_letters() == []
+    # The log is read by a thread: wait for the last line to arrive.
+    wait_until(lambda: len(d.log("ingress_refused")) >= len(cases) + 2,
+               what="every refusal logged")
     refused = d.log("ingress_refused")
     assert len(refused) == len(cases) + 2    # and the 404, the 405
     assert all(r["client"].startswith("127.0.0.1:") for r in refused)
@@ -244,7 +252,7 @@ def test_refusals_name_the_rule_and_append_nothing(env):
     metrics = urllib.request.urlopen(
         "http://%s/metrics" % d.log("metrics_listening")[0]["listen"]
     ).read().decode()
-    assert 'stagerelay_ingress_requests_total{code="400"} 11' in metrics
+    assert 'stagerelay_ingress_requests_total{code="400"} 12' in metrics
     assert 'stagerelay_ingress_requests_total{code="415"} 2' in metrics
     assert 'stagerelay_ingress_requests_total{code="413"} 1' in metrics
     assert 'stagerelay_ingress_requests_total{code="404"} 1' in metrics
@@ -325,7 +333,7 @@ def test_redis_down_is_503_and_a_retry_succeeds(env, tmp_path):
         assert st == 503, answer
         assert hdrs["Retry-After"] == "5"
         assert "unreachable" in answer["error"]
-        assert d.log("ingress_unavailable")
+        d.wait_log("ingress_unavailable")
 
         own.start_process()
         client = own.client()
@@ -361,6 +369,8 @@ def test_ingress_killed_is_respawned_and_clients_wait(env):
     assert st == 202, answer
     d.wait_log("worker_exited", slot="ingress", pid=first,
                status="signal:9")
+    wait_until(lambda: len(d.log("ingress_spawned")) == 2,
+               what="the ingress respawned")
     spawned = [int(r["pid"]) for r in d.log("ingress_spawned")]
     assert len(spawned) == 2 and spawned[0] == first
     assert not pid_alive(first) and pid_alive(spawned[1])

@@ -1215,6 +1215,24 @@ START_TEST(test_validation)
 	    "is not a plain identifier");
 	expect_error("event_consumer:\n  metrics: {listen: localhost}\n",
 	    "event_consumer.metrics.listen: expected host:port");
+	expect_error("event_consumer:\n  ingress: {listen: \"host:80\"}\n",
+	    "test.yaml:2:13: event_consumer.ingress.listen: expected a numeric "
+	    "host:port");
+	expect_error("event_consumer:\n  metrics: {listen: \"127.0.0.1:9500\"}\n"
+	    "  ingress: {enabled: true, listen: \"127.0.0.1:9500\"}\n",
+	    "event_consumer.ingress.listen: \"127.0.0.1:9500\" is "
+	    "metrics.listen too");
+	expect_error("event_consumer:\n  ingress: {path: \"/events?x=1\"}\n",
+	    "event_consumer.ingress.path: expected an absolute path");
+	expect_error("event_consumer:\n  ingress: {path: events}\n",
+	    "event_consumer.ingress.path: expected an absolute path");
+	expect_error("event_consumer:\n  ingress: {secret: \"${NO_SUCH_VAR_X:-}\"}\n",
+	    "event_consumer.ingress.secret: is empty (an unset ${VAR}?)");
+	expect_error("event_consumer:\n  ingress: {max_batch_events: 0}\n",
+	    "ingress.max_batch_events");
+	expect_error("event_consumer:\n  ingress: {secret: a, secret_file: /x}\n",
+	    "event_consumer.ingress.secret_file: event_consumer.ingress.secret "
+	    "is set too");
 	expect_error("event_consumer:\n  ledger: {lease_seconds: 10}\n"
 	    "  nlp_api: {timeout_ms: 60000}\n",
 	    "event_consumer.ledger.lease_seconds: 10 s must exceed");
@@ -1280,6 +1298,15 @@ START_TEST(test_transport_warnings)
 	    "http://localhost:8000\n    headers: {X-Key: k}\n", NULL);
 	expect_transport("event_consumer:\n  nlp_api:\n    base_url: "
 	    "https://nlp.example\n    headers: {X-Key: k}\n", NULL);
+	/* An ingress another network reaches, and no signature asked. */
+	expect_transport("event_consumer:\n  ingress: {enabled: true, "
+	    "listen: \"0.0.0.0:9466\"}\n", "config: the ingress listens on "
+	    "0.0.0.0:9466 without ingress.secret");
+	expect_transport("event_consumer:\n  ingress: {enabled: true, "
+	    "listen: \"[::]:9466\", secret: k}\n", NULL);
+	expect_transport("event_consumer:\n  ingress: {enabled: true}\n", NULL);
+	expect_transport("event_consumer:\n  ingress: {listen: \"0.0.0.0:1\"}\n",
+	    NULL);
 }
 END_TEST
 
