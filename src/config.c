@@ -1995,6 +1995,15 @@ validate_ingress(struct loader *ld, const struct config *cfg)
 		return verr(ld, SECTION ".ingress.listen", "%s.ingress.listen: "
 		    "expected a numeric host:port (e.g. 127.0.0.1:9466 or "
 		    "[::]:9466), got \"%s\"", SECTION, cfg->ingress.listen);
+	/* An append waiting longer would be taken for a hang. */
+	if ((long long)cfg->ingress.redis_timeout_ms >=
+	    (long long)cfg->supervisor.worker_timeout * 1000)
+		return verr(ld, SECTION ".ingress.redis_timeout_ms", "%s.ingress."
+		    "redis_timeout_ms: %d ms must be under "
+		    "supervisor.worker_timeout (%d s), or a slow append gets "
+		    "the ingress killed as hung", SECTION,
+		    cfg->ingress.redis_timeout_ms,
+		    cfg->supervisor.worker_timeout);
 	if (cfg->ingress.enabled && *cfg->metrics.listen != '\0' &&
 	    strcmp(cfg->ingress.listen, cfg->metrics.listen) == 0)
 		return verr(ld, SECTION ".ingress.listen", "%s.ingress.listen: "

@@ -393,6 +393,9 @@ cmd_run(const struct run_opts *ro)
 		return code;
 	}
 
+	if (cfg->ingress.enabled)
+		log_warnx("config: ingress.enabled: a --drain run takes no "
+		    "events over HTTP; only the daemon runs the ingress");
 	memset(&sa, 0, sizeof(sa));
 	sigemptyset(&sa.sa_mask);
 	/* SA_RESTART: a blocking read completes; the loop then sees the flag. */

@@ -1228,6 +1228,9 @@ START_TEST(test_validation)
 	    "event_consumer.ingress.path: expected an absolute path");
 	expect_error("event_consumer:\n  ingress: {secret: \"${NO_SUCH_VAR_X:-}\"}\n",
 	    "event_consumer.ingress.secret: is empty (an unset ${VAR}?)");
+	expect_error("event_consumer:\n  ingress: {redis_timeout_ms: 60000}\n",
+	    "event_consumer.ingress.redis_timeout_ms: 60000 ms must be under "
+	    "supervisor.worker_timeout (60 s)");
 	expect_error("event_consumer:\n  ingress: {max_batch_events: 0}\n",
 	    "ingress.max_batch_events");
 	expect_error("event_consumer:\n  ingress: {secret: a, secret_file: /x}\n",
