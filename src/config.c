@@ -1996,7 +1996,7 @@ validate_ingress(struct loader *ld, const struct config *cfg)
 		    "expected a numeric host:port (e.g. 127.0.0.1:9466 or "
 		    "[::]:9466), got \"%s\"", SECTION, cfg->ingress.listen);
 	/* An append waiting longer would be taken for a hang. */
-	if ((long long)cfg->ingress.redis_timeout_ms >=
+	if (cfg->ingress.enabled && (long long)cfg->ingress.redis_timeout_ms >=
 	    (long long)cfg->supervisor.worker_timeout * 1000)
 		return verr(ld, SECTION ".ingress.redis_timeout_ms", "%s.ingress."
 		    "redis_timeout_ms: %d ms must be under "

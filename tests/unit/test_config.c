@@ -1228,7 +1228,8 @@ START_TEST(test_validation)
 	    "event_consumer.ingress.path: expected an absolute path");
 	expect_error("event_consumer:\n  ingress: {secret: \"${NO_SUCH_VAR_X:-}\"}\n",
 	    "event_consumer.ingress.secret: is empty (an unset ${VAR}?)");
-	expect_error("event_consumer:\n  ingress: {redis_timeout_ms: 60000}\n",
+	expect_error("event_consumer:\n  ingress: {enabled: true, "
+	    "redis_timeout_ms: 60000}\n",
 	    "event_consumer.ingress.redis_timeout_ms: 60000 ms must be under "
 	    "supervisor.worker_timeout (60 s)");
 	expect_error("event_consumer:\n  ingress: {max_batch_events: 0}\n",
@@ -1309,6 +1310,9 @@ START_TEST(test_transport_warnings)
 	    "listen: \"[::]:9466\", secret: k}\n", NULL);
 	expect_transport("event_consumer:\n  ingress: {enabled: true}\n", NULL);
 	expect_transport("event_consumer:\n  ingress: {listen: \"0.0.0.0:1\"}\n",
+	    NULL);
+	/* A short worker_timeout is no error while the ingress is off. */
+	expect_transport("event_consumer:\n  supervisor: {worker_timeout: 2}\n",
 	    NULL);
 }
 END_TEST
