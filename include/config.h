@@ -141,7 +141,7 @@ struct config {
 						   no signature checked */
 		size_t	 max_body_bytes;	/* default 4 MiB */
 		int	 max_batch_events;	/* default 1000 */
-		long	 stream_maxlen;		/* XADD MAXLEN ~; default 10000 */
+		long	 stream_maxlen;		/* XADD MAXLEN ~; default 0: none */
 		int	 max_connections;	/* default 64 */
 		int	 redis_timeout_ms;	/* default 5000 */
 	} ingress;
@@ -174,6 +174,19 @@ int	 config_load(const char *path, struct config *out, char *err,
 int	 config_load_string(const char *name, const char *yaml,
 	    struct config *out, char *err, size_t errlen);
 void	 config_free(struct config *);
+
+/* Which process a forked child is, for config_forget_secrets(). */
+enum config_role {
+	CONFIG_ROLE_WORKER,	/* Redis, the ledger, the API */
+	CONFIG_ROLE_INGRESS	/* Redis and ingress.secret only */
+};
+
+/*
+ * Zeroes and drops the secrets a child of this role never uses, right
+ * after the fork: the ingress faces another network and needs no ledger
+ * password or API token; a worker needs no ingress.secret.
+ */
+void	 config_forget_secrets(struct config *, enum config_role);
 
 /* Prints the effective configuration as YAML, secrets redacted. */
 void	 config_print(FILE *, const struct config *);

@@ -113,6 +113,14 @@ void		 httpd_wait(struct httpd *, int timeout_ms);
  */
 void		 httpd_close_in_child(struct httpd *);
 
+/*
+ * A POST server's graceful end: lets go of the listening socket (new
+ * clients wait in its backlog for the next process, or are refused once
+ * its owner closed it too) and serves the connections it has for up to
+ * timeout_ms, until none is left. httpd_stop() follows.
+ */
+void		 httpd_drain(struct httpd *, int timeout_ms);
+
 /* Stops serving, closes the sockets and frees the server. NULL-safe. */
 void		 httpd_stop(struct httpd *);
 

@@ -1539,7 +1539,8 @@ config_defaults(struct config *cfg)
 	cfg->ingress.path = xstrdup("/v2/events/stage1");
 	cfg->ingress.max_body_bytes = (size_t)4 << 20;
 	cfg->ingress.max_batch_events = 1000;
-	cfg->ingress.stream_maxlen = 10000;	/* Stage 1's own MAXLEN ~ */
+	/* No trim: an entry trimmed before the group read it is lost. */
+	cfg->ingress.stream_maxlen = 0;
 	cfg->ingress.max_connections = 64;
 	cfg->ingress.redis_timeout_ms = 5000;
 
@@ -2433,6 +2434,31 @@ config_free(struct config *cfg)
 	free(cfg->pending);
 	free_list(cfg->warnings, cfg->nwarnings);
 	memset(cfg, 0, sizeof(*cfg));
+}
+
+static void
+forget(char **p)
+{
+	if (*p == NULL)
+		return;
+	explicit_bzero(*p, strlen(*p));
+	free(*p);
+	*p = NULL;
+}
+
+void
+config_forget_secrets(struct config *cfg, enum config_role role)
+{
+	if (role == CONFIG_ROLE_WORKER) {
+		forget(&cfg->ingress.secret);
+		return;
+	}
+	forget(&cfg->ledger.dsn);
+	cfg->ledger.dsn = xstrdup("");
+	for (size_t i = 0; i < cfg->nlp_api.nheaders; i++) {
+		forget(&cfg->nlp_api.headers[i].value);
+		cfg->nlp_api.headers[i].value = xstrdup("");
+	}
 }
 
 /* ---- printing --------------------------------------------------------- */

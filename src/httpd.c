@@ -55,6 +55,7 @@ struct httpd {
 	size_t			 max_body;
 	bool			 closed;	/* by httpd_close_in_child() */
 	bool			 shared_fd;	/* the socket is the master's */
+	bool			 quiesced;	/* listening socket let go */
 	int			 conn_max;
 	int			*conn_fds;	/* conn_max of them; -1: free */
 };
@@ -64,6 +65,9 @@ struct upload {
 	struct buf	 body;
 	bool		 too_large;	/* over max_body: dropped, 413 */
 };
+
+/* Marks a request answered at once (413 on its Content-Length). */
+static struct upload answered_early;
 
 struct httpd_request {
 	const char		*method;
@@ -421,11 +425,17 @@ on_post_request(void *cls, struct MHD_Connection *c, const char *url,
 		cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
 		    MHD_HTTP_HEADER_CONTENT_LENGTH);
 		/* Answered now: MHD then closes instead of reading it all. */
-		if (cl != NULL && strtoull(cl, NULL, 10) > h->max_body)
+		if (cl != NULL && strtoull(cl, NULL, 10) > h->max_body) {
+			*req_cls = &answered_early;
 			return call_post(h, c, url, method, NULL, true);
+		}
 		u = xcalloc(1, sizeof(*u));
 		buf_init(&u->body);
 		*req_cls = u;
+		return MHD_YES;
+	}
+	if (u == &answered_early) {
+		*upload_data_size = 0;	/* MHD should not call again; if so */
 		return MHD_YES;
 	}
 	if (*upload_data_size != 0) {
@@ -453,7 +463,7 @@ on_post_completed(void *cls, struct MHD_Connection *c, void **req_cls,
 	(void)cls;
 	(void)c;
 	(void)code;
-	if (u != NULL) {
+	if (u != NULL && u != &answered_early) {
 		buf_free(&u->body);
 		free(u);
 		*req_cls = NULL;
@@ -735,21 +745,47 @@ httpd_close_in_child(struct httpd *h)
 	h->closed = true;
 }
 
+/*
+ * The master keeps the socket for the next ingress process: MHD lets go
+ * of it, and only our descriptor is closed (no shutdown()).
+ */
+static void
+quiesce(struct httpd *h)
+{
+	MHD_socket fd;
+
+	if (h->quiesced)
+		return;
+	h->quiesced = true;
+	if ((fd = MHD_quiesce_daemon(h->mhd)) != MHD_INVALID_SOCKET)
+		close(fd);
+}
+
+void
+httpd_drain(struct httpd *h, int timeout_ms)
+{
+	const union MHD_DaemonInfo *di;
+	long long deadline = now_mono_ms() + timeout_ms;
+
+	if (h == NULL || h->mhd == NULL || h->closed)
+		return;
+	quiesce(h);
+	while (now_mono_ms() < deadline) {
+		di = MHD_get_daemon_info(h->mhd,
+		    MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+		if (di == NULL || di->num_connections == 0)
+			return;
+		httpd_wait(h, 50);
+	}
+}
+
 void
 httpd_stop(struct httpd *h)
 {
 	if (h == NULL)
 		return;
-	if (h->mhd != NULL && h->shared_fd) {
-		/*
-		 * The master keeps the socket for the next ingress process:
-		 * MHD lets go of it first, and only our descriptor is closed.
-		 */
-		MHD_socket fd = MHD_quiesce_daemon(h->mhd);
-
-		if (fd != MHD_INVALID_SOCKET)
-			close(fd);
-	}
+	if (h->mhd != NULL && h->shared_fd)
+		quiesce(h);
 	if (h->mhd != NULL)
 		MHD_stop_daemon(h->mhd);	/* closes the listening socket too */
 	free(h->conn_fds);

@@ -36,14 +36,16 @@
 #define RETRY_AFTER_S		5	/* Redis unreachable: come back then */
 #define RECONNECT_MS		1000
 #define NAP_MS			500	/* a heartbeat at least this often */
+#define DRAIN_MS		2000	/* stop: open connections served */
 #define SIGNATURE_HEADER	"X-Signature-256"
 
 struct ingress {
 	const struct config	*cfg;
 	struct stream		*stream;
 	struct metrics_ingress	*metrics;
+	struct worker_shm	*shm;		/* heartbeat */
 	struct ce_limits	 lim;
-	long long		 next_connect_ms;
+	long long		 next_connect_ms; /* no reconnect before */
 };
 
 /* One event as Stage 1 writes it: fields in order, each string owned. */
@@ -262,9 +264,23 @@ struct binary_walk {
 	bool		 failed;
 };
 
+/* A header name as a client sent it, fit for a log line and a JSON answer. */
+static const char *
+printable(const char *s, char *buf, size_t len)
+{
+	size_t k = 0;
+
+	for (; *s != '\0' && k + 1 < len; s++)
+		buf[k++] = (*s > ' ' && *s < 0x7f) ? *s : '?';
+	buf[k] = '\0';
+	return buf;
+}
+
 static int
 binary_header(void *arg, const char *name, const char *value)
 {
+	char shown[64];
+
 	struct binary_walk *w = arg;
 	char attr[64], *decoded;
 	size_t len, k;
@@ -276,7 +292,8 @@ binary_header(void *arg, const char *name, const char *value)
 	attr[k] = '\0';
 	if (strcmp(attr, "data") == 0 || strcmp(attr, "data_base64") == 0 ||
 	    strcmp(attr, "datacontenttype") == 0) {
-		refuse(w->v, 400, "header %s: in binary mode %s", name,
+		refuse(w->v, 400, "header %s: in binary mode %s",
+		    printable(name, shown, sizeof(shown)),
 		    strcmp(attr, "datacontenttype") == 0 ?
 		    "datacontenttype is the Content-Type header" :
 		    "the data is the body");
@@ -285,7 +302,8 @@ binary_header(void *arg, const char *name, const char *value)
 	}
 	if ((decoded = ingress_percent_decode(value, &len)) == NULL) {
 		refuse(w->v, 400, "header %s: a %% not followed by two hex "
-		    "digits (values are percent-encoded)", name);
+		    "digits (values are percent-encoded)",
+		    printable(name, shown, sizeof(shown)));
 		w->failed = true;
 		return -1;
 	}
@@ -357,10 +375,12 @@ flatten_structured(struct ingress *ig, const char *text, size_t len,
 		if (strcmp(name, "data") == 0) {
 			if (!cloudevent_media_type_is_json(ct)) {
 				if (!cJSON_IsString(c)) {
+					/* ct lives in ev: say it first. */
+					refuse(v, 400, "%sdata must be a string "
+					    "when datacontenttype (%s) is not "
+					    "JSON", prefix, ct);
 					cloudevent_free(&ev);
-					return refuse(v, 400, "%sdata must be a "
-					    "string when datacontenttype (%s) "
-					    "is not JSON", prefix, ct);
+					return -1;
 				}
 				flat_add(fl, "data", 4, c->valuestring,
 				    strlen(c->valuestring));
@@ -523,6 +543,18 @@ append(struct ingress *ig, const struct flat *fls, size_t n,
 	char (*ids)[48];
 	int rv;
 
+	/*
+	 * Down, and tried less than RECONNECT_MS ago: answer at once. A
+	 * queue of requests must not each wait out a connect timeout.
+	 */
+	if (n > 0 && !stream_connected(ig->stream) &&
+	    now_mono_ms() < ig->next_connect_ms) {
+		answer_error(res, "the stream is unreachable; retry later");
+		res->retry_after = RETRY_AFTER_S;
+		return 503;
+	}
+	if (n > 0 && !stream_connected(ig->stream))
+		ig->next_connect_ms = now_mono_ms() + RECONNECT_MS;
 	entries = xcalloc(n ? n : 1, sizeof(*entries));
 	ids = xcalloc(n ? n : 1, sizeof(*ids));
 	for (size_t i = 0; i < n; i++) {
@@ -583,6 +615,8 @@ handle(void *arg, const struct httpd_request *req, struct httpd_response *res)
 	char code[8];
 	int status;
 
+	/* Requests served in one pass of the loop beat one by one. */
+	ig->shm->heartbeat_ms = now_mono_ms();
 	memset(&one, 0, sizeof(one));
 	memset(&v, 0, sizeof(v));
 	body = httpd_body(req, &len);
@@ -592,8 +626,10 @@ handle(void *arg, const struct httpd_request *req, struct httpd_response *res)
 		goto refused;
 	}
 	if (strcmp(httpd_method(req), "POST") != 0) {
+		char shown[32];
+
 		refuse(&v, 405, "method %s not allowed: POST events here",
-		    httpd_method(req));
+		    printable(httpd_method(req), shown, sizeof(shown)));
 		res->allow = "POST";
 		goto refused;
 	}
@@ -613,6 +649,18 @@ handle(void *arg, const struct httpd_request *req, struct httpd_response *res)
 	}
 	httpd_headers(req, has_ce_specversion, &binary);
 	mode = ingress_mode_of(httpd_header(req, "Content-Type"), binary);
+	/*
+	 * The signature covers the body; binary mode's attributes are
+	 * headers, which it does not cover: a captured signature would let
+	 * anyone send any event type and id. Signed senders use the modes
+	 * whose body is the whole event.
+	 */
+	if (mode == INGRESS_BINARY && cfg->ingress.secret != NULL) {
+		refuse(&v, 401, "binary mode's ce-* headers are not covered by "
+		    SIGNATURE_HEADER "; with a secret, post structured or batch "
+		    "mode (application/cloudevents+json)");
+		goto refused;
+	}
 	switch (mode) {
 	case INGRESS_BINARY:
 		if (flatten_binary(ig, req, &one, &v) == -1)
@@ -677,6 +725,7 @@ ingress_run(const struct config *cfg, const struct ingress_opts *o)
 	memset(&ig, 0, sizeof(ig));
 	ig.cfg = cfg;
 	ig.metrics = o->metrics;
+	ig.shm = o->shm;
 	ig.lim.max_bytes = cfg->max_event_bytes;
 	ig.lim.max_fields = cfg->max_entry_fields;
 	ig.lim.max_depth = cfg->max_json_depth;
@@ -707,6 +756,8 @@ ingress_run(const struct config *cfg, const struct ingress_opts *o)
 		o->shm->connected = 1;
 		httpd_wait(h, NAP_MS);
 	}
+	/* What was sent before the stop is answered, not cut off. */
+	httpd_drain(h, DRAIN_MS);
 	httpd_stop(h);
 	stream_free(ig.stream);
 	log_event(LOG_INFO, "ingress_stopped", (const char *)NULL);

@@ -100,8 +100,11 @@ stream_connect(struct stream *s)
 	char db[16];
 
 	stream_disconnect(s);
-	ctv.tv_sec = 5;
-	ctv.tv_usec = 0;
+	/* 5 s, or less when every command must be quick (the ingress). */
+	ctv.tv_sec = s->timeout_ms > 0 && s->timeout_ms < 5000 ?
+	    s->timeout_ms / 1000 : 5;
+	ctv.tv_usec = s->timeout_ms > 0 && s->timeout_ms < 5000 ?
+	    (s->timeout_ms % 1000) * 1000 : 0;
 	s->rc = redisConnectWithTimeout(cfg->redis_host, cfg->redis_port, ctv);
 	if (s->rc == NULL || s->rc->err) {
 		log_warnx("redis: cannot connect to %s:%d: %s", cfg->redis_host,
@@ -412,13 +415,22 @@ append_xadd(struct stream *s, const struct stream_new_entry *e, long maxlen)
 	return rv == REDIS_OK ? 0 : -1;
 }
 
+/* Errors of a server that cannot take writes now, where another may. */
+static bool
+failover_error(const char *msg)
+{
+	return strncmp(msg, "READONLY", 8) == 0 ||
+	    strncmp(msg, "LOADING", 7) == 0 ||
+	    strncmp(msg, "MASTERDOWN", 10) == 0;
+}
+
 int
 stream_append(struct stream *s, const struct stream_new_entry *entries,
     size_t n, long maxlen, char (*ids)[48])
 {
 	redisReply *r = NULL, *ids_reply;
 	size_t nreplies = 0;
-	bool multi = n > 1;
+	bool multi = n > 1, failover = false;
 	int rv = 0;
 
 	if (n == 0)
@@ -453,6 +465,7 @@ stream_append(struct stream *s, const struct stream_new_entry *entries,
 			if (r->type == REDIS_REPLY_ERROR && rv == 0) {
 				log_warnx("redis: XADD: %s", r->str);
 				rv = STREAM_REFUSED;
+				failover = failover_error(r->str);
 			}
 			freeReplyObject(r);
 			r = NULL;
@@ -491,6 +504,15 @@ odd:
 	log_warnx("redis: XADD: unexpected reply (type %d)", r->type);
 	rv = STREAM_REFUSED;
 done:
+	/*
+	 * A replica after a failover, or a server still loading: another
+	 * connection (the address may now lead to the new primary) may
+	 * take the next append; this one never will.
+	 */
+	if (rv == STREAM_REFUSED && (failover ||
+	    (r != NULL && r->type == REDIS_REPLY_ERROR &&
+	    failover_error(r->str))))
+		stream_disconnect(s);
 	if (r != NULL)
 		freeReplyObject(r);
 	return rv;

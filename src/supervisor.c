@@ -83,7 +83,7 @@ static struct {
 	char			*ingress_listen;	/* what ingress_fd is bound to */
 	int			 workers;		/* wanted */
 	int			 pipe_r, pipe_w;	/* parent-death pipe */
-	long long		 crashes[SLOTS_MAX * CRASHES_PER_WORKER];
+	long long		 crashes[(SLOTS_MAX + 1) * CRASHES_PER_WORKER];
 	size_t			 ncrashes;
 	unsigned long		 restarts;
 	bool			 ready_sent;
@@ -225,6 +225,7 @@ ingress_child(void)
 	prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
 	if (getppid() != m.master_pid)
 		_exit(0);
+	config_forget_secrets(m.cfg, CONFIG_ROLE_INGRESS);
 	log_set_procname("ingress");
 	proctitle_set("stagerelay: ingress (%s)", m.ingress_listen);
 	memset(&opts, 0, sizeof(opts));
@@ -235,8 +236,7 @@ ingress_child(void)
 	opts.shm = &m.shm[INGRESS_SLOT];
 	opts.metrics = &m.metrics->ingress;
 	close(m.pipe_r);
-	code = ingress_run(m.cfg, &opts);
-	close(m.ingress_fd);
+	code = ingress_run(m.cfg, &opts);	/* closes its copy of the socket */
 #ifdef STAGERELAY_DEBUG
 	config_free(m.cfg);
 #endif
@@ -278,6 +278,7 @@ child_main(int slot)
 		ingress_child();
 	if (m.ingress_fd != -1)
 		close(m.ingress_fd);	/* only the ingress serves it */
+	config_forget_secrets(m.cfg, CONFIG_ROLE_WORKER);
 	/* The master dying sends us TERM; the pipe covers the race before. */
 	prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
 	if (getppid() != m.master_pid)
@@ -902,6 +903,11 @@ shutdown_all(void)
 	sd_notify_send("STOPPING=1");
 	log_event(LOG_INFO, "master_stopping", "workers_alive",
 	    alive() ? "yes" : "no", (const char *)NULL);
+	/*
+	 * The ingress's socket closes once the ingress, draining, lets go
+	 * of its copy: new clients are refused, not left waiting.
+	 */
+	ingress_close();
 	for (int i = 1; i <= SLOT_LAST; i++) {
 		if (m.slots[i].pid != 0)
 			m.slots[i].state = SLOT_STOPPING;
