@@ -2268,6 +2268,23 @@ validate(struct loader *ld, struct config *cfg)
 		    "ms), or a claim expires while its request is in flight",
 		    SECTION, cfg->ledger.lease_seconds,
 		    cfg->nlp_api.timeout_ms);
+	/* A worker waiting on its query does not beat its heart. */
+	for (size_t i = 0; i < cfg->nroutes; i++) {
+		const struct route_query *q = &cfg->routes[i].documents_query;
+		int r;
+
+		if (q->sql == NULL || (long long)q->timeout_ms <
+		    (long long)cfg->supervisor.worker_timeout * 1000)
+			continue;
+		key = xasprintf(SECTION ".routes[%zu].documents_query."
+		    "timeout_ms", i);
+		r = verr(ld, key, "%s: %d ms must be less than "
+		    "supervisor.worker_timeout (%d s), or the worker is taken "
+		    "for hung while its query runs", key, q->timeout_ms,
+		    cfg->supervisor.worker_timeout);
+		free(key);
+		return r;
+	}
 	if (cfg->max_retry_delay_seconds < cfg->retry_delay_seconds)
 		return verr(ld, SECTION ".max_retry_delay_seconds", "%s."
 		    "max_retry_delay_seconds: %g is less than "

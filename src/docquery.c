@@ -406,6 +406,7 @@ docquery_run(struct docquery *q, const char *dsn, const char *sql,
 	struct conn *c = conn_find(q, dsn != NULL ? dsn : "");
 	PGresult *res;
 	char set[64];
+	bool reused;
 	int rc;
 
 	memset(out, 0, sizeof(*out));
@@ -413,10 +414,21 @@ docquery_run(struct docquery *q, const char *dsn, const char *sql,
 		snprintf(err, errlen, "documents_query: too many parameters");
 		return DOCQUERY_REFUSED;
 	}
+	reused = c->pg != NULL;
 	if (conn_open(c, err, errlen) == -1)
 		return DOCQUERY_UNAVAILABLE;
+	/*
+	 * A connection kept between events may have been closed by the
+	 * server meanwhile (a restart, idle_session_timeout, pgbouncer):
+	 * that costs one reconnection, not a retry delay.
+	 */
 	if ((rc = exec_command(c, "BEGIN READ ONLY", "begin", err,
-	    errlen)) != 0)
+	    errlen)) != 0 && reused && c->pg == NULL) {
+		if (conn_open(c, err, errlen) == -1)
+			return DOCQUERY_UNAVAILABLE;
+		rc = exec_command(c, "BEGIN READ ONLY", "begin", err, errlen);
+	}
+	if (rc != 0)
 		return rc;
 	snprintf(set, sizeof(set), "SET LOCAL statement_timeout = %d",
 	    timeout_ms);

@@ -17,7 +17,7 @@ import psycopg2.extras
 import pytest
 
 import publish
-from conftest import EXIT_OK
+from conftest import EXIT_OK, wait_until
 
 DOCUMENT_CLEANED = publish.DOCUMENT_CLEANED
 JOB_COMPLETED = publish.JOB_COMPLETED
@@ -298,6 +298,41 @@ def test_the_query_is_selected_by_batch_id_too(env, stage1):
 
     (req,) = env.requests()
     assert sent_ids(req) == ["doc-qh-1", "doc-qh-2"]
+
+
+def test_a_connection_the_server_closed_is_opened_again_at_once(env,
+                                                                stage1):
+    """The worker keeps its connection between events; when the server
+    ends it (a restart, idle_session_timeout), the next event reconnects
+    instead of waiting out a retry delay."""
+    stage1.add("job-qc1", ["doc-qc-1"])
+    stage1.add("job-qc2", ["doc-qc-2"])
+    d = env.start(routes=[DOC_ROUTE, batch_route(stage1.dsn)],
+                  batch_mode=True, retry_delay_seconds=30,
+                  max_retry_delay_seconds=30)
+    env.publisher.job_completed("job-qc1", "b", output_location=None)
+    wait_until(lambda: len(env.requests()) == 1, what="the first batch")
+
+    def ours():
+        with stage1.conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE "
+                        "datname = %s AND application_name = "
+                        "'stagerelay-docquery'", (stage1.dbname,))
+            return cur.fetchone()[0]
+    assert ours() == 1            # one worker, one connection, kept
+    assert env.pg.terminate_backends(
+        stage1.dbname, keep=[stage1.conn.get_backend_pid()]) == 1
+    wait_until(lambda: ours() == 0, what="the connection gone")
+
+    job2 = env.publisher.job_completed("job-qc2", "b", output_location=None)
+    wait_until(lambda: len(env.requests()) == 2, timeout=10,
+               what="the second batch, without a retry delay")
+    assert sent_ids(env.requests()[1]) == ["doc-qc-2"]
+    assert d.log("event_deferred", event_id=job2.id) == []
+    assert ours() == 1
+    wait_until(lambda: env.pending() == 0, what="acknowledged")
+    assert d.stop() == EXIT_OK
+    no_secret(env, d.stderr)
 
 
 # ---- queries that fail ---------------------------------------------------

@@ -1185,6 +1185,14 @@ START_TEST(test_documents_query_errors)
 	    "        timeout_ms: 5\n"),
 	    "test.yaml:9:21: event_consumer.routes[0].documents_query."
 	    "timeout_ms: 5 is out of range (100..3600000)");
+	/* The supervisor would take the worker for hung meanwhile. */
+	expect_error(QUERY_ROUTE(
+	    "      documents_query:\n"
+	    "        sql: \"SELECT 1\"\n"
+	    "        timeout_ms: 60000\n"),
+	    "test.yaml:9:9: event_consumer.routes[0].documents_query."
+	    "timeout_ms: 60000 ms must be less than supervisor.worker_timeout "
+	    "(60 s)");
 	expect_error(QUERY_ROUTE(
 	    "      documents_query:\n"
 	    "        sql: \"SELECT 1\"\n"
