@@ -246,6 +246,37 @@ exact_double(const char *s, double d)
 	return digits <= 15;
 }
 
+/* Whether s is a number as JSON writes one (RFC 8259 section 6). */
+static bool
+json_number(const char *s)
+{
+	if (*s == '-')
+		s++;
+	if (*s == '0')
+		s++;
+	else if (isdigit((unsigned char)*s))
+		while (isdigit((unsigned char)*s))
+			s++;
+	else
+		return false;
+	if (*s == '.') {
+		if (!isdigit((unsigned char)*++s))
+			return false;
+		while (isdigit((unsigned char)*s))
+			s++;
+	}
+	if (*s == 'e' || *s == 'E') {
+		s++;
+		if (*s == '+' || *s == '-')
+			s++;
+		if (!isdigit((unsigned char)*s))
+			return false;
+		while (isdigit((unsigned char)*s))
+			s++;
+	}
+	return *s == '\0';
+}
+
 /* One column's value as JSON; NULL with err set. */
 static cJSON *
 value_of(const PGresult *res, int row, int col, const char *where,
@@ -272,9 +303,16 @@ value_of(const PGresult *res, int row, int col, const char *where,
 	case OID_NUMERIC:
 		errno = 0;
 		d = strtod(v, &end);
-		/* NaN, Infinity, and what a double would round: a string. */
-		if (errno == 0 && *end == '\0' && end != v && exact_double(v, d))
-			return cJSON_CreateNumber(d);
+		/*
+		 * NaN, Infinity, and what a double would round: a string. A
+		 * real or double precision was a double already. The text
+		 * goes out as PostgreSQL wrote it: cJSON prints a double
+		 * with 15 digits and would round the last ones.
+		 */
+		if (errno == 0 && *end == '\0' && end != v && isfinite(d) &&
+		    json_number(v) && (PQftype(res, col) == OID_FLOAT4 ||
+		    PQftype(res, col) == OID_FLOAT8 || exact_double(v, d)))
+			return cJSON_CreateRaw(v);
 		return cJSON_CreateString(v);
 	case OID_JSON:
 	case OID_JSONB:

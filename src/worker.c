@@ -465,13 +465,16 @@ load_documents(struct worker *w, struct item *it)
 		.max_documents = cfg->max_documents_per_file,
 		.max_depth = cfg->max_json_depth,
 	};
-	bool query = route->documents_query.sql != NULL;
-	const char *what = query ? "documents_query" : "documents_file";
+	const char *what;
 	char err[512], *path;
+	bool query;
 	int rc, n;
 
+	/* Not rendered (dead already, observed): route may be unset. */
 	if (it->fate != FATE_CLAIM || !it->batch)
 		return;
+	query = route->documents_query.sql != NULL;
+	what = query ? "documents_query" : "documents_file";
 	if (route->documents_file == NULL && !query) {
 		it->batch = false;	/* kind: batch, one request as is */
 		return;

@@ -183,13 +183,24 @@ def test_values_that_json_cannot_hold_exactly_stay_strings(env, stage1):
                score="3.14159265358979323846", cleaned_title=None,
                entities=None)
     env.publisher.job_completed("job-qn", None, 1, output_location=None)
+    sql = ("SELECT " + COLUMNS + ", 0.1::float8 + 0.2::float8 AS sum, "
+           "'NaN'::float8 AS nan, 2.5::real AS r, 100.000::numeric AS n, "
+           "(2 ^ 53)::bigint AS top FROM processed_articles "
+           "WHERE job_id = $1")
 
-    env.drain(routes=[DOC_ROUTE, batch_route(stage1.dsn)], batch_mode=True)
+    env.drain(routes=[DOC_ROUTE, batch_route(stage1.dsn, sql=sql)],
+              batch_mode=True)
 
     (req,) = env.requests()
     (doc,) = req["json"]["documents"]
     assert doc["big"] == str(2 ** 60)
     assert doc["score"] == "3.14159265358979323846"
+    # A double stays the double it was, to the last digit.
+    assert doc["sum"] == 0.30000000000000004
+    assert doc["nan"] == "NaN"
+    assert doc["r"] == 2.5
+    assert doc["n"] == 100
+    assert doc["top"] == 2 ** 53
     assert doc["batch_id"] is None and doc["cleaned_title"] is None
     assert doc["entities"] is None
     assert doc["word_count"] == 3
