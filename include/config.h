@@ -28,6 +28,21 @@ struct header {
 	char	*value;		/* may hold a secret: never logged or printed */
 };
 
+/*
+ * A batch route's documents query (docquery.h): sql names its values
+ * $1..$n, and params holds one template per $n, rendered against the
+ * event and sent apart from the SQL.
+ */
+struct route_query {
+	char		 *sql;		/* NULL: the route has no query */
+	char		**params;	/* templates; nparams == highest $n */
+	size_t		  nparams;
+	char		 *dsn;		/* NULL: the ledger's (ledger.dsn);
+					   may hold a password: never logged */
+	char		 *password_file; /* optional; folded into dsn */
+	int		  timeout_ms;	/* statement_timeout; default 30000 */
+};
+
 struct route {
 	char		 *name;		/* "route[N]" unless given */
 	char		**types;	/* event types this route handles */
@@ -40,8 +55,10 @@ struct route {
 	char		 *success_field;	/* optional JSON bool that must be true */
 	char		 *job_id_field;		/* optional: remote job id to store */
 	char		 *documents_file;	/* optional template: a JSONL file in shared_dir */
+	struct route_query documents_query; /* optional: instead of a file */
 	char		 *kind;		/* "document" or "batch" (default: batch
-					   when documents_file is set) */
+					   when documents_file or
+					   documents_query is set) */
 	int		  line;		/* where the route starts in the file */
 };
 

@@ -12,6 +12,8 @@
 
 #include <cJSON.h>
 
+#include "util.h"
+
 struct docfile {
 	cJSON		 *docs;		/* array of the lines' objects, in file
 					   order, repeated document ids dropped */
@@ -45,5 +47,28 @@ int	docfile_read(const char *shared_dir, const char *path,
 	    const struct docfile_limits *lim, struct docfile *out, char *err,
 	    size_t errlen);
 void	docfile_free(struct docfile *);
+
+/*
+ * The same documents from any source (a file's lines, a query's rows:
+ * docquery.h), under the same rules. docfile_begin() refuses more than
+ * lim->max_documents documents before any is stored, and sizes out for
+ * n. docfile_add() takes doc (a JSON object with a non-empty string
+ * document_id, no member twice, a key the ledger can index), whatever
+ * happens to it; a document_id met before is dropped and counted in
+ * out->repeated. where ("line 3", "row 3") names it in err. Both return
+ * 0, or -1 with err set. docfile_end() releases the builder, and out too
+ * when rv is -1; out is otherwise the caller's (docfile_free()).
+ */
+struct docfile_builder {
+	struct docfile	*out;
+	struct strset	 seen;
+	size_t		 max;
+};
+
+int	docfile_begin(struct docfile_builder *, struct docfile *out, size_t n,
+	    const struct docfile_limits *lim, char *err, size_t errlen);
+int	docfile_add(struct docfile_builder *, cJSON *doc, const char *where,
+	    char *err, size_t errlen);
+void	docfile_end(struct docfile_builder *, int rv);
 
 #endif

@@ -46,6 +46,7 @@ enum metrics_reason {
 	MR_POISON,
 	MR_LOST,
 	MR_DOCUMENTS_FILE,	/* a batch route's file refused or unreadable */
+	MR_DOCUMENTS_QUERY,	/* a batch route's query refused or failing */
 	MR_LEDGER_REFUSED,	/* PostgreSQL refused a document's values */
 	MR_OTHER,
 	MR_COUNT

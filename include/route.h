@@ -53,6 +53,16 @@ char	*route_documents_file(const struct route *, const struct cloudevent *,
 	    char *err, size_t errlen);
 
 /*
+ * The values of a batch route's documents_query for ev: one rendered
+ * text per params template, a malloc'd array of documents_query.nparams
+ * strings (route_params_free() it), or NULL with err set (a render
+ * error: a missing path is never an empty value).
+ */
+char	**route_documents_query_params(const struct route *,
+	    const struct cloudevent *, char *err, size_t errlen);
+void	  route_params_free(char **values, size_t n);
+
+/*
  * Renders request part of nparts (1-based) of a batch route. The
  * templates see the event and {{documents}} (documents, an array of
  * document objects each with a string document_id) and {{document_ids}}.

@@ -190,6 +190,17 @@ static const struct kdef circuit_breaker_keys[] = {
 	K_END
 };
 
+/* Not templates: the SQL takes $1..$n, the values come from params. */
+static const struct kdef route_query_keys[] = {
+	K_OPT("sql", RT(documents_query.sql)),
+	{ .name = "params", .type = KT_LIST, .off = RT(documents_query.params),
+	    .off2 = RT(documents_query.nparams) },
+	K_OPT("dsn", RT(documents_query.dsn)),	/* NULL = ledger.dsn */
+	K_OPT("password_file", RT(documents_query.password_file)),
+	K_INT("timeout_ms", RT(documents_query.timeout_ms), 100, 3600000),
+	K_END
+};
+
 static const struct kdef route_keys[] = {
 	K_OPT("name", RT(name)),
 	{ .name = "types", .type = KT_LIST, .off = RT(types),
@@ -206,6 +217,7 @@ static const struct kdef route_keys[] = {
 	K_OPT("job_id_field", RT(job_id_field)),
 	{ .name = "documents_file", .type = KT_OPTSTRING,
 	    .off = RT(documents_file), .flags = KF_TEMPLATE },
+	K_MAP("documents_query", route_query_keys),
 	K_CHOICE("kind", RT(kind), route_kinds),
 	K_END
 };
@@ -1119,17 +1131,201 @@ yaml_to_json(struct loader *ld, yaml_node_t *n, const char *key, int depth)
 	return j;
 }
 
+/* Whether the route set any documents_query key (null and {} are none). */
+static bool
+query_given(struct loader *ld, const char *rkey)
+{
+	static const char *const subkeys[] = {
+		"sql", "params", "dsn", "password_file", "timeout_ms", NULL
+	};
+	char *k;
+	bool given = false;
+
+	for (size_t i = 0; subkeys[i] != NULL && !given; i++) {
+		k = xasprintf("%s.documents_query.%s", rkey, subkeys[i]);
+		given = seen_find(ld, k) != NULL;
+		free(k);
+	}
+	return given;
+}
+
+/*
+ * The $n placeholders of sql, as PostgreSQL reads them: not inside a
+ * string, a quoted identifier, a dollar-quoted string or a comment.
+ * Sets used[n] for each $n (n <= max) and returns the highest, or -1
+ * when a number is past max.
+ */
+static int
+sql_placeholders(const char *sql, bool *used, int max)
+{
+	const char *p = sql;
+	int highest = 0;
+
+	while (*p != '\0') {
+		if (*p == '\'' || *p == '"') {
+			char q = *p;
+			/* E'...' strings take backslash escapes. */
+			bool esc = q == '\'' && p > sql &&
+			    (p[-1] == 'E' || p[-1] == 'e');
+
+			for (p++; *p != '\0'; p++) {
+				if (esc && *p == '\\' && p[1] != '\0')
+					p++;
+				else if (*p == q && p[1] == q)
+					p++;
+				else if (*p == q)
+					break;
+			}
+			if (*p != '\0')
+				p++;
+		} else if (p[0] == '-' && p[1] == '-') {
+			p += strcspn(p, "\n");
+		} else if (p[0] == '/' && p[1] == '*') {
+			int depth = 1;
+
+			for (p += 2; *p != '\0' && depth > 0; p++) {
+				if (p[0] == '/' && p[1] == '*') {
+					depth++;
+					p++;
+				} else if (p[0] == '*' && p[1] == '/') {
+					depth--;
+					p++;
+				}
+			}
+		} else if (*p == '$' && isdigit((unsigned char)p[1])) {
+			long n = strtol(p + 1, NULL, 10);
+
+			if (n < 1 || n > max)
+				return -1;
+			used[n] = true;
+			if (n > highest)
+				highest = (int)n;
+			for (p++; isdigit((unsigned char)*p); p++)
+				;
+		} else if (*p == '$' && (p[1] == '$' || isalpha((unsigned
+		    char)p[1]) || p[1] == '_') && (p == sql ||
+		    !(isalnum((unsigned char)p[-1]) || p[-1] == '_'))) {
+			/* $tag$ ... $tag$ */
+			size_t taglen = 1 + strspn(p + 1, "abcdefghijklmnopqrst"
+			    "uvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_");
+			const char *end;
+			char *tag;
+
+			if (p[taglen] != '$') {
+				p++;
+				continue;
+			}
+			tag = xstrndup(p, taglen + 1);
+			end = strstr(p + taglen + 1, tag);
+			p = end != NULL ? end + taglen + 1 : p + strlen(p);
+			free(tag);
+		} else
+			p++;
+	}
+	return highest;
+}
+
+#define QUERY_PARAMS_MAX	100	/* of a documents query; PostgreSQL
+					   takes 65535, no route needs more */
+
+/* A documents_query: complete, and its SQL free of templates. */
+static int
+check_query(struct loader *ld, const char *rkey, struct route *r)
+{
+	struct route_query *q = &r->documents_query;
+	char *qkey = xasprintf("%s.documents_query", rkey);
+	char *sqlkey = xasprintf("%s.sql", qkey);
+	char *pkey = xasprintf("%s.params", qkey);
+	bool used[QUERY_PARAMS_MAX + 1];
+	char msg[256];
+	int highest, rv = -1;
+
+	memset(used, 0, sizeof(used));
+	if (r->documents_file != NULL) {
+		verr(ld, qkey, "%s: a route reads documents_file or "
+		    "documents_query, not both (drop one of them)", rkey);
+		goto out;
+	}
+	if (q->sql == NULL) {
+		verr(ld, qkey, "%s: missing required key sql (e.g. \"SELECT "
+		    "document_id, cleaned_text FROM processed_articles WHERE "
+		    "job_id = $1\")", qkey);
+		goto out;
+	}
+	if (strstr(q->sql, "{{") != NULL) {
+		verr(ld, sqlkey, "%s: a template ({{...}}) inside the SQL; "
+		    "write $1, $2, ... there and list the values in params, "
+		    "e.g. params: [\"{{data.job_id}}\"] (they are sent apart "
+		    "from the SQL, never spliced into it)", sqlkey);
+		goto out;
+	}
+	if ((highest = sql_placeholders(q->sql, used,
+	    QUERY_PARAMS_MAX)) == -1) {
+		verr(ld, sqlkey, "%s: a placeholder past $%d", sqlkey,
+		    QUERY_PARAMS_MAX);
+		goto out;
+	}
+	if ((size_t)highest != q->nparams) {
+		char uses[32];
+
+		if (highest == 0)
+			snprintf(uses, sizeof(uses), "no placeholder");
+		else
+			snprintf(uses, sizeof(uses), "$1..$%d", highest);
+		verr(ld, seen_find(ld, pkey) != NULL ? pkey : sqlkey, "%s: the "
+		    "sql uses %s but params lists %zu value%s (one template "
+		    "per placeholder, in order)", qkey, uses, q->nparams,
+		    q->nparams == 1 ? "" : "s");
+		goto out;
+	}
+	for (int i = 1; i < highest; i++)
+		if (!used[i]) {
+			verr(ld, sqlkey, "%s: $%d is never used but $%d is "
+			    "(PostgreSQL cannot tell the type of an unused "
+			    "parameter; renumber them)", sqlkey, i, highest);
+			goto out;
+		}
+	for (size_t i = 0; i < q->nparams; i++) {
+		msg[0] = '\0';
+		if (template_check(q->params[i], msg, sizeof(msg)) == -1) {
+			verr(ld, pkey, "%s[%zu]: bad template \"%s\": %s", pkey,
+			    i, q->params[i], msg[0] ? msg : "syntax error");
+			goto out;
+		}
+		if (template_refers(q->params[i], "documents") ||
+		    template_refers(q->params[i], "document_ids")) {
+			verr(ld, pkey, "%s[%zu]: the documents are what the "
+			    "query selects; a parameter comes from the event",
+			    pkey, i);
+			goto out;
+		}
+	}
+	if (q->password_file != NULL && q->dsn == NULL) {
+		verr(ld, qkey, "%s: password_file needs a dsn (without one "
+		    "the query uses ledger.dsn, password and all)", qkey);
+		goto out;
+	}
+	rv = 0;
+out:
+	free(qkey);
+	free(sqlkey);
+	free(pkey);
+	return rv;
+}
+
 static int
 parse_route(struct loader *ld, yaml_node_t *item, size_t idx,
     const char *key, struct route *r)
 {
 	char *rkey = xasprintf("%s[%zu]", key, idx);
 	char msg[256];
+	bool documents;
 	int rv = -1;
 
 	r->line = (int)item->start_mark.line + 1;
 	r->method = xstrdup("POST");
 	r->content_mode = CONTENT_BODY;
+	r->documents_query.timeout_ms = 30000;
 	if (item->type != YAML_MAPPING_NODE) {
 		lerr(ld, item, "%s: expected a mapping (one route), got %s",
 		    rkey, node_kind(item));
@@ -1171,13 +1367,18 @@ parse_route(struct loader *ld, yaml_node_t *item, size_t idx,
 		    msg[0] ? msg : "syntax error");
 		goto out;
 	}
-	/* A route that reads a documents file triggers batches. */
+	if (query_given(ld, rkey) && check_query(ld, rkey, r) == -1)
+		goto out;
+	documents = r->documents_file != NULL || r->documents_query.sql != NULL;
+	/* A route that reads documents (a file, a query) triggers batches. */
 	if (r->kind == NULL)
-		r->kind = xstrdup(r->documents_file != NULL ? "batch" :
-		    "document");
-	if (r->documents_file != NULL && strcmp(r->kind, "batch") != 0) {
-		lerr(ld, item, "%s: documents_file makes a batch route "
-		    "(drop kind: document, or the documents_file)", rkey);
+		r->kind = xstrdup(documents ? "batch" : "document");
+	if (documents && strcmp(r->kind, "batch") != 0) {
+		lerr(ld, item, "%s: %s makes a batch route (drop kind: "
+		    "document, or the %s)", rkey, r->documents_file != NULL ?
+		    "documents_file" : "documents_query",
+		    r->documents_file != NULL ? "documents_file" :
+		    "documents_query");
 		goto out;
 	}
 	/* The batch is known to a batch route's body, and only there. */
@@ -1191,10 +1392,9 @@ parse_route(struct loader *ld, yaml_node_t *item, size_t idx,
 			    "of a batch route", rkey, root);
 			goto out;
 		}
-		if (r->documents_file == NULL &&
-		    template_refers_tree(r->body, root)) {
+		if (!documents && template_refers_tree(r->body, root)) {
 			lerr(ld, item, "%s.body: {{%s}} needs a documents_file "
-			    "(a batch route)", rkey, root);
+			    "or a documents_query (a batch route)", rkey, root);
 			goto out;
 		}
 	}
@@ -1743,7 +1943,8 @@ literal_note(struct loader *ld, const char *canon, const char *written,
 		return;
 	text = scalar_text(v);
 	len = v->data.scalar.length;
-	if (strcmp(canon, SECTION ".ledger.dsn") == 0) {
+	if (strcmp(canon, SECTION ".ledger.dsn") == 0 || pending_match(
+	    SECTION ".routes[].documents_query.dsn", canon)) {
 		/* Only the password part of the DSN is a secret. */
 		if (dsn_scan_pw(text, NULL, &has, &pw, &pwlen) == -1 || !has ||
 		    pw == NULL || !literal_secret(pw, pwlen))
@@ -1888,36 +2089,48 @@ check_permissions(struct loader *ld, struct config *cfg)
 	if (cfg->ledger.password_file != NULL)
 		perm_warn(cfg, cfg->ledger.password_file,
 		    SECTION ".ledger.password_file", true);
+	for (size_t i = 0; i < cfg->nroutes; i++) {
+		const char *file = cfg->routes[i].documents_query.password_file;
+		char *key;
+
+		if (file == NULL)
+			continue;
+		key = xasprintf(SECTION ".routes[%zu].documents_query."
+		    "password_file", i);
+		perm_warn(cfg, file, key, true);
+		free(key);
+	}
 }
 
-/* ledger.password_file joins the DSN, so the ledger needs one string. */
+/*
+ * A password_file joins its DSN (ledger.dsn, a documents_query's dsn),
+ * so libpq gets one string.
+ */
 static int
-fold_ledger_password(struct loader *ld, struct config *cfg)
+fold_password(struct loader *ld, char **dsn, const char *file,
+    const char *dsnkey, const char *key)
 {
 	const struct seen *s;
 	struct buf b;
 	bool has;
 	char *pw;
-	const char *key = SECTION ".ledger.password_file";
 
-	if (cfg->ledger.password_file == NULL)
+	if (file == NULL)
 		return 0;
-	if (dsn_scan(cfg->ledger.dsn, NULL, &has) == -1)
-		return verr(ld, SECTION ".ledger.dsn", "%s.ledger.dsn: cannot "
-		    "parse the connection string to add the password of "
-		    "ledger.password_file", SECTION);
+	if (dsn_scan(*dsn, NULL, &has) == -1)
+		return verr(ld, dsnkey, "%s: cannot parse the connection "
+		    "string to add the password of %s", dsnkey, key);
 	if (has)
-		return verr(ld, key, "%s: ledger.dsn holds a password already "
-		    "(keep only one of them)", key);
+		return verr(ld, key, "%s: %s holds a password already (keep "
+		    "only one of them)", key, dsnkey);
 	s = seen_find(ld, key);
-	if (read_secret(ld, cfg->ledger.password_file, key,
-	    s ? s->line : ld->section_line, s ? s->col : ld->section_col,
-	    &pw) == -1)
+	if (read_secret(ld, file, key, s ? s->line : ld->section_line,
+	    s ? s->col : ld->section_col, &pw) == -1)
 		return -1;
 	buf_init(&b);
-	buf_puts(&b, cfg->ledger.dsn);
-	if (strstr(cfg->ledger.dsn, "://") != NULL) {
-		buf_putc(&b, strchr(cfg->ledger.dsn, '?') ? '&' : '?');
+	buf_puts(&b, *dsn);
+	if (strstr(*dsn, "://") != NULL) {
+		buf_putc(&b, strchr(*dsn, '?') ? '&' : '?');
 		buf_puts(&b, "password=");
 		for (const unsigned char *c = (unsigned char *)pw; *c; c++) {
 			if (isalnum(*c) || strchr("-._~", *c) != NULL)
@@ -1938,9 +2151,35 @@ fold_ledger_password(struct loader *ld, struct config *cfg)
 	}
 	explicit_bzero(pw, strlen(pw));
 	free(pw);
-	free(cfg->ledger.dsn);
-	cfg->ledger.dsn = buf_steal(&b);
+	explicit_bzero(*dsn, strlen(*dsn));
+	free(*dsn);
+	*dsn = buf_steal(&b);
 	return 0;
+}
+
+static int
+fold_passwords(struct loader *ld, struct config *cfg)
+{
+	char *dsnkey, *key;
+	int rv = 0;
+
+	if (fold_password(ld, &cfg->ledger.dsn, cfg->ledger.password_file,
+	    SECTION ".ledger.dsn", SECTION ".ledger.password_file") == -1)
+		return -1;
+	for (size_t i = 0; i < cfg->nroutes && rv == 0; i++) {
+		struct route_query *q = &cfg->routes[i].documents_query;
+
+		if (q->password_file == NULL)
+			continue;
+		dsnkey = xasprintf(SECTION ".routes[%zu].documents_query.dsn",
+		    i);
+		key = xasprintf(SECTION ".routes[%zu].documents_query."
+		    "password_file", i);
+		rv = fold_password(ld, &q->dsn, q->password_file, dsnkey, key);
+		free(dsnkey);
+		free(key);
+	}
+	return rv;
 }
 
 static int
@@ -2112,6 +2351,23 @@ validate(struct loader *ld, struct config *cfg)
 		    "ms), or a claim expires while its request is in flight",
 		    SECTION, cfg->ledger.lease_seconds,
 		    cfg->nlp_api.timeout_ms);
+	/* A worker waiting on its query does not beat its heart. */
+	for (size_t i = 0; i < cfg->nroutes; i++) {
+		const struct route_query *q = &cfg->routes[i].documents_query;
+		int r;
+
+		if (q->sql == NULL || (long long)q->timeout_ms <
+		    (long long)cfg->supervisor.worker_timeout * 1000)
+			continue;
+		key = xasprintf(SECTION ".routes[%zu].documents_query."
+		    "timeout_ms", i);
+		r = verr(ld, key, "%s: %d ms must be less than "
+		    "supervisor.worker_timeout (%d s), or the worker is taken "
+		    "for hung while its query runs", key, q->timeout_ms,
+		    cfg->supervisor.worker_timeout);
+		free(key);
+		return r;
+	}
 	if (cfg->max_retry_delay_seconds < cfg->retry_delay_seconds)
 		return verr(ld, SECTION ".max_retry_delay_seconds", "%s."
 		    "max_retry_delay_seconds: %g is less than "
@@ -2172,7 +2428,7 @@ finish(struct loader *ld, struct config *cfg)
 			return -1;
 		set_string(cfg, sf->off, pw);
 	}
-	if (fold_ledger_password(ld, cfg) == -1)
+	if (fold_passwords(ld, cfg) == -1)
 		return -1;
 	if (apply_env_overrides(ld, cfg) == -1)
 		return -1;
@@ -2729,6 +2985,19 @@ config_print(FILE *f, const struct config *cfg)
 		print_str(f, 6, "success_field", r->success_field);
 		print_str(f, 6, "job_id_field", r->job_id_field);
 		print_str(f, 6, "documents_file", r->documents_file);
+		if (r->documents_query.sql != NULL) {
+			const struct route_query *q = &r->documents_query;
+
+			fprintf(f, "      documents_query:\n");
+			print_str(f, 8, "sql", q->sql);
+			print_list(f, 8, "params", q->params, q->nparams);
+			if (q->dsn != NULL)
+				print_dsn(f, 8, q->dsn);
+			else
+				print_str(f, 8, "dsn", NULL);
+			print_str(f, 8, "password_file", q->password_file);
+			print_int(f, 8, "timeout_ms", q->timeout_ms);
+		}
 		print_str(f, 6, "kind", r->kind);
 	}
 

@@ -236,8 +236,7 @@ static cJSON *
 parse_line(const char *line, size_t len, size_t lineno,
     const struct docfile_limits *lim, char *err, size_t errlen)
 {
-	const char *end = NULL, *dup;
-	const cJSON *id;
+	const char *end = NULL;
 	cJSON *doc;
 	int stop = lim->max_depth > 0 ? lim->max_depth + 1 : INT_MAX;
 	bool nul;
@@ -281,53 +280,122 @@ parse_line(const char *line, size_t len, size_t lineno,
 		cJSON_Delete(doc);
 		return NULL;
 	}
-	if ((dup = cloudevent_json_duplicate(doc)) != NULL) {
-		char name[65];
-		size_t i;
+	return doc;
+}
 
-		/* The name is the file's: nothing but printable ASCII out. */
-		for (i = 0; i < sizeof(name) - 1 && dup[i] != '\0'; i++)
-			name[i] = dup[i] > 0x20 && dup[i] < 0x7f &&
-			    dup[i] != '"' ? dup[i] : '?';
-		name[i] = '\0';
-		snprintf(err, errlen, "line %zu: the member \"%s\" appears "
-		    "twice in one object", lineno, name);
-		cJSON_Delete(doc);
-		return NULL;
+/* The name is the source's: nothing but printable ASCII goes out. */
+static void
+shown_name(char *name, size_t len, const char *s)
+{
+	size_t i;
+
+	for (i = 0; i + 1 < len && s[i] != '\0'; i++)
+		name[i] = s[i] > 0x20 && s[i] < 0x7f && s[i] != '"' ? s[i] : '?';
+	name[i] = '\0';
+}
+
+/* What every document must be, whatever it was read from. */
+static int
+check_document(const cJSON *doc, const char *where, char *err, size_t errlen)
+{
+	const char *dup;
+	const cJSON *id;
+	char name[65];
+
+	if ((dup = cloudevent_json_duplicate(doc)) != NULL) {
+		shown_name(name, sizeof(name), dup);
+		snprintf(err, errlen, "%s: the member \"%s\" appears twice in "
+		    "one object", where, name);
+		return -1;
 	}
 	if (!cJSON_IsObject(doc)) {
-		snprintf(err, errlen, "line %zu: expected a JSON object (a "
-		    "document)", lineno);
-		cJSON_Delete(doc);
-		return NULL;
+		snprintf(err, errlen, "%s: expected a JSON object (a "
+		    "document)", where);
+		return -1;
 	}
 	id = cJSON_GetObjectItemCaseSensitive(doc, "document_id");
 	if (!cJSON_IsString(id) || *id->valuestring == '\0' ||
 	    str_has_control(id->valuestring)) {
-		snprintf(err, errlen, "line %zu: document_id %s", lineno,
+		snprintf(err, errlen, "%s: document_id %s", where,
 		    id == NULL ? "is missing" : !cJSON_IsString(id) ?
 		    "is not a string" : *id->valuestring == '\0' ?
 		    "is empty" : "contains a control character");
-		cJSON_Delete(doc);
-		return NULL;
+		return -1;
 	}
 	if (strlen(id->valuestring) > LEDGER_KEY_MAX) {
-		snprintf(err, errlen, "line %zu: document_id is %zu bytes, "
-		    "over the %d the ledger indexes", lineno,
-		    strlen(id->valuestring), LEDGER_KEY_MAX);
-		cJSON_Delete(doc);
-		return NULL;
+		snprintf(err, errlen, "%s: document_id is %zu bytes, over the "
+		    "%d the ledger indexes", where, strlen(id->valuestring),
+		    LEDGER_KEY_MAX);
+		return -1;
 	}
-	return doc;
+	return 0;
+}
+
+int
+docfile_begin(struct docfile_builder *b, struct docfile *out, size_t n,
+    const struct docfile_limits *lim, char *err, size_t errlen)
+{
+	memset(b, 0, sizeof(*b));
+	memset(out, 0, sizeof(*out));
+	/* Counted before anything is parsed or stored. */
+	if (lim->max_documents != 0 && n > lim->max_documents) {
+		snprintf(err, errlen, "%zu documents, more than "
+		    "max_documents_per_file (%zu)", n, lim->max_documents);
+		return -1;
+	}
+	b->out = out;
+	b->max = n;
+	strset_init(&b->seen, n);
+	out->docs = cJSON_CreateArray();
+	out->ids = xcalloc(n + 1, sizeof(*out->ids));
+	return 0;
+}
+
+int
+docfile_add(struct docfile_builder *b, cJSON *doc, const char *where,
+    char *err, size_t errlen)
+{
+	struct docfile *out = b->out;
+	const char *id;
+
+	if (check_document(doc, where, err, errlen) == -1) {
+		cJSON_Delete(doc);
+		return -1;
+	}
+	if (out->n + out->repeated >= b->max) {
+		/* More than docfile_begin() was told: a caller's bug. */
+		snprintf(err, errlen, "%s: more documents than counted", where);
+		cJSON_Delete(doc);
+		return -1;
+	}
+	id = cJSON_GetObjectItemCaseSensitive(doc, "document_id")->valuestring;
+	if (!strset_add(&b->seen, id)) {
+		out->repeated++;
+		cJSON_Delete(doc);
+		return 0;
+	}
+	cJSON_AddItemToArray(out->docs, doc);
+	out->ids[out->n++] = id;
+	return 0;
+}
+
+void
+docfile_end(struct docfile_builder *b, int rv)
+{
+	strset_free(&b->seen);
+	if (rv == -1 && b->out != NULL)
+		docfile_free(b->out);
+	b->out = NULL;
 }
 
 static int
 parse(const char *data, size_t len, const struct docfile_limits *lim,
     struct docfile *out, char *err, size_t errlen)
 {
-	struct strset set;
+	struct docfile_builder b;
 	size_t lineno = 0, lines = 0;
 	const char *p, *nl;
+	char where[32];
 	int rv = 0;
 
 	/* Sized by the lines that hold something: blank ones cost nothing. */
@@ -337,40 +405,24 @@ parse(const char *data, size_t len, const struct docfile_limits *lim,
 		if (!blank(p, (size_t)(nl - p)))
 			lines++;
 	}
-	/* Counted before anything is parsed or stored. */
-	if (lim->max_documents != 0 && lines > lim->max_documents) {
-		snprintf(err, errlen, "%zu documents, more than "
-		    "max_documents_per_file (%zu)", lines, lim->max_documents);
+	if (docfile_begin(&b, out, lines, lim, err, errlen) == -1)
 		return -1;
-	}
-	strset_init(&set, lines);
-	out->ids = xcalloc(lines + 1, sizeof(*out->ids));
-
 	for (p = data; p < data + len && rv == 0; p = nl + 1) {
 		cJSON *doc;
-		const char *id;
 
 		if ((nl = memchr(p, '\n', (size_t)(data + len - p))) == NULL)
 			nl = data + len;
 		lineno++;
 		if (blank(p, (size_t)(nl - p)))
 			continue;
+		snprintf(where, sizeof(where), "line %zu", lineno);
 		if ((doc = parse_line(p, (size_t)(nl - p), lineno, lim,
-		    err, errlen)) == NULL) {
+		    err, errlen)) == NULL)
 			rv = -1;
-			break;
-		}
-		id = cJSON_GetObjectItemCaseSensitive(doc,
-		    "document_id")->valuestring;
-		if (!strset_add(&set, id)) {
-			out->repeated++;
-			cJSON_Delete(doc);
-			continue;
-		}
-		cJSON_AddItemToArray(out->docs, doc);
-		out->ids[out->n++] = id;
+		else
+			rv = docfile_add(&b, doc, where, err, errlen);
 	}
-	strset_free(&set);
+	docfile_end(&b, rv);
 	return rv;
 }
 
@@ -425,9 +477,7 @@ docfile_read(const char *shared_dir, const char *path,
 		return rv;
 	}
 	close(fd);
-	out->docs = cJSON_CreateArray();
-	if ((rv = parse(data, len, lim, out, err, errlen)) == -1)
-		docfile_free(out);
+	rv = parse(data, len, lim, out, err, errlen);
 	free(data);
 	return rv;
 }

@@ -51,6 +51,7 @@ static const char *const reason_names[MR_COUNT] = {
 	[MR_POISON] = "poison",
 	[MR_LOST] = "lost",
 	[MR_DOCUMENTS_FILE] = "documents_file",
+	[MR_DOCUMENTS_QUERY] = "documents_query",
 	[MR_LEDGER_REFUSED] = "ledger_refused",
 	[MR_OTHER] = "other",
 };
@@ -209,6 +210,7 @@ metrics_reason_of(const char *r)
 		{ "poison",		MR_POISON },
 		{ "lost",		MR_LOST },
 		{ "documents_file",	MR_DOCUMENTS_FILE },
+		{ "documents_query",	MR_DOCUMENTS_QUERY },
 		{ "ledger_refused",	MR_LEDGER_REFUSED },
 	};
 	size_t i;

@@ -393,6 +393,37 @@ route_documents_file(const struct route *r, const struct cloudevent *ev,
 	return path;
 }
 
+char **
+route_documents_query_params(const struct route *r,
+    const struct cloudevent *ev, char *err, size_t errlen)
+{
+	const struct route_query *q = &r->documents_query;
+	char msg[512], **values;
+
+	values = xcalloc(q->nparams + 1, sizeof(*values));
+	for (size_t i = 0; i < q->nparams; i++) {
+		msg[0] = '\0';
+		if ((values[i] = template_render_string(q->params[i], ev->json,
+		    msg, sizeof(msg))) == NULL) {
+			snprintf(err, errlen, "documents_query.params[%zu]: %s",
+			    i, msg);
+			route_params_free(values, q->nparams);
+			return NULL;
+		}
+	}
+	return values;
+}
+
+void
+route_params_free(char **values, size_t n)
+{
+	if (values == NULL)
+		return;
+	for (size_t i = 0; i < n; i++)
+		free(values[i]);
+	free(values);
+}
+
 int
 route_render_batch(const struct route *r, const struct config *cfg,
     const struct cloudevent *ev, const cJSON *documents, size_t part,
@@ -404,7 +435,7 @@ route_render_batch(const struct route *r, const struct config *cfg,
 	char *key;
 	int rv;
 
-	/* The event's members by reference, and the batch beside them. */
+/* The event's members by reference, and the batch beside them. */
 	if ((ctx = cJSON_CreateObject()) == NULL ||
 	    (ids = cJSON_CreateArray()) == NULL)
 		fatalx("route: out of memory");
@@ -514,6 +545,16 @@ route_free(struct route *r)
 	free(r->success_field);
 	free(r->job_id_field);
 	free(r->documents_file);
+	free(r->documents_query.sql);
+	for (size_t i = 0; i < r->documents_query.nparams; i++)
+		free(r->documents_query.params[i]);
+	free(r->documents_query.params);
+	if (r->documents_query.dsn != NULL) {
+		explicit_bzero(r->documents_query.dsn,
+		    strlen(r->documents_query.dsn));
+		free(r->documents_query.dsn);
+	}
+	free(r->documents_query.password_file);
 	free(r->kind);
 	memset(r, 0, sizeof(*r));
 }

@@ -28,6 +28,7 @@
 
 #include "cloudevent.h"
 #include "docfile.h"
+#include "docquery.h"
 #include "ledger.h"
 #include "log.h"
 #include "route.h"
@@ -101,6 +102,7 @@ struct worker {
 	struct stream			*stream;
 	struct ledger			*ledger;
 	struct trigger			*trigger;
+	struct docquery			*docquery;	/* batch routes' queries */
 	bool				 trouble;	/* back off before the next read */
 	int				 backoff_ms;
 	bool				 redis_lost;	/* log when it is back */
@@ -136,7 +138,10 @@ struct worker {
 	struct metrics_slot		*m;
 	cJSON				*no_documents;	/* [] */
 
-	/* Entries whose documents file could not be read yet: tries so far. */
+	/*
+	 * Entries whose documents file could not be read (or whose query
+	 * could not be run) yet: tries so far.
+	 */
 	struct file_wait {
 		char		 id[48];
 		int		 tries;
@@ -421,9 +426,33 @@ file_wait_drop(struct worker *w, const char *id)
 }
 
 /*
- * A batch route's documents file, read and refused where it must be
- * (DESIGN.md §4): each of its documents becomes a ledger document of the
- * event, claimed with the rest of the round.
+ * A batch route's documents query, its values rendered from the event:
+ * a docquery_run() code, or 1 when the values cannot be rendered (a
+ * render error, err set).
+ */
+static int
+query_documents(struct worker *w, struct item *it,
+    const struct docfile_limits *lim, char *err, size_t errlen)
+{
+	const struct route *route = it->req.route;
+	const struct route_query *q = &route->documents_query;
+	char **values;
+	int rc;
+
+	if ((values = route_documents_query_params(route, &it->ev, err,
+	    errlen)) == NULL)
+		return 1;
+	rc = docquery_run(w->docquery, q->dsn != NULL ? q->dsn :
+	    w->cfg->ledger.dsn, q->sql, (const char *const *)values,
+	    q->nparams, q->timeout_ms, lim, &it->file, err, errlen);
+	route_params_free(values, q->nparams);
+	return rc;
+}
+
+/*
+ * A batch route's documents, from its file or its query, read and
+ * refused where they must be (DESIGN.md §4): each becomes a ledger
+ * document of the event, claimed with the rest of the round.
  */
 static void
 load_documents(struct worker *w, struct item *it)
@@ -436,41 +465,61 @@ load_documents(struct worker *w, struct item *it)
 		.max_documents = cfg->max_documents_per_file,
 		.max_depth = cfg->max_json_depth,
 	};
+	const char *what;
 	char err[512], *path;
+	bool query;
 	int rc, n;
 
+	/* Not rendered (dead already, observed): route may be unset. */
 	if (it->fate != FATE_CLAIM || !it->batch)
 		return;
-	if (route->documents_file == NULL) {
+	query = route->documents_query.sql != NULL;
+	what = query ? "documents_query" : "documents_file";
+	if (route->documents_file == NULL && !query) {
 		it->batch = false;	/* kind: batch, one request as is */
 		return;
 	}
-	if ((path = route_documents_file(route, &it->ev, err,
-	    sizeof(err))) == NULL) {
-		dead(it, "render_error", "route %s: %s", route->name, err);
-		return;
+	if (query) {
+		if ((rc = query_documents(w, it, &file_lim, err,
+		    sizeof(err))) == 1) {
+			dead(it, "render_error", "route %s: %s", route->name,
+			    err);
+			return;
+		}
+	} else {
+		if ((path = route_documents_file(route, &it->ev, err,
+		    sizeof(err))) == NULL) {
+			dead(it, "render_error", "route %s: %s", route->name,
+			    err);
+			return;
+		}
+		rc = docfile_read(cfg->shared_dir, path, &file_lim, &it->file,
+		    err, sizeof(err));
+		free(path);
 	}
-	rc = docfile_read(cfg->shared_dir, path, &file_lim, &it->file,
-	    err, sizeof(err));
-	free(path);
 	if (rc == DOCFILE_UNAVAILABLE) {
-		/* Not there yet, or the mount hiccups: tried again. */
+		/*
+		 * Not there yet, the mount hiccups, the database is down or
+		 * its table not created yet: tried again.
+		 */
 		n = file_wait_bump(w, it->entry->id);
 		if (cfg->retry_failed && n <= cfg->max_retries) {
 			snprintf(it->detail, sizeof(it->detail), "route %.64s: "
 			    "%.400s", route->name, err);
-			defer(it, "event_deferred", "documents_file_unavailable",
+			defer(it, "event_deferred", query ?
+			    "documents_query_unavailable" :
+			    "documents_file_unavailable",
 			    retry_delay_ms(w, n, -1));
 			return;
 		}
 		file_wait_drop(w, it->entry->id);
-		dead(it, "documents_file", "route %s: %s (gave up after %d "
-		    "tries)", route->name, err, n);
+		dead(it, what, "route %s: %s (gave up after %d tries)",
+		    route->name, err, n);
 		return;
 	}
 	file_wait_drop(w, it->entry->id);
 	if (rc == DOCFILE_REFUSED) {
-		dead(it, "documents_file", "route %s: %s", route->name, err);
+		dead(it, what, "route %s: %s", route->name, err);
 		return;
 	}
 	if (it->file.n == 0) {
@@ -1909,6 +1958,7 @@ worker_init(struct worker *w, const struct config *cfg,
 	    cfg->consumer_group, w->consumer, cfg->source_stream);
 	w->trigger = trigger_new(cfg);
 	trigger_on_tick(w->trigger, beat_tick, w);
+	w->docquery = docquery_new();	/* connects on first use */
 	if ((w->no_documents = cJSON_CreateArray()) == NULL)
 		fatalx("worker: out of memory");
 	w->m = m;
@@ -1929,6 +1979,7 @@ worker_release(struct worker *w)
 	stream_free(w->stream);
 	ledger_free(w->ledger);
 	trigger_free(w->trigger);
+	docquery_free(w->docquery);
 	cJSON_Delete(w->no_documents);
 	strset_free(&w->dead_known);
 	stream_ids_free(&w->dead_ids);

@@ -412,7 +412,7 @@ START_TEST(test_unknown_key)
 	    "      path: /x\n      idempotency_key: k\n"
 	    "      body: {d: \"{{documents}}\"}\n",
 	    "test.yaml:3:7: event_consumer.routes[0].body: {{documents}} needs "
-	    "a documents_file (a batch route)");
+	    "a documents_file or a documents_query (a batch route)");
 	expect_error("event_consumer:\n  routes:\n    - types: [x]\n"
 	    "      path: /x\n      body: {}\n      documents_file: f\n"
 	    "      idempotency_key: \"{{document_ids.0}}\"\n",
@@ -1039,6 +1039,204 @@ START_TEST(test_password_files)
 }
 END_TEST
 
+/* A job route whose documents come from a query; extra keys follow. */
+#define QUERY_ROUTE(extra) \
+	"event_consumer:\n" \
+	"  routes:\n" \
+	"    - types: [" JOB_COMPLETED "]\n" \
+	"      path: /api/v1/documents/batch\n" \
+	"      idempotency_key: \"job:{{data.job_id}}\"\n" \
+	"      body: {documents: \"{{documents}}\"}\n" \
+	extra
+
+START_TEST(test_documents_query)
+{
+	struct config c;
+	const struct route_query *q;
+	char *out;
+
+	setenv("SQ_PW", "env-pw", 1);
+	ck_assert_msg(load(QUERY_ROUTE(
+	    "      documents_query:\n"
+	    "        sql: \"SELECT document_id, cleaned_text FROM "
+	    "processed_articles WHERE job_id = $1 OR (batch_id = $2 AND "
+	    "note <> '$3' AND tag = $$x$$ $4 $$) -- $5\"\n"
+	    "        params: [\"{{data.job_id}}\", \"{{data.batch_id}}\"]\n"
+	    "        dsn: \"host=stage1 user=ro password=${SQ_PW} dbname=s1\"\n"
+	    "        timeout_ms: 5000\n"), &c) == 0, "%s", err);
+	ck_assert_uint_eq(c.nroutes, 1);
+	q = &c.routes[0].documents_query;
+	/* $$ reads as $ ($$ escapes the environment's $). */
+	ck_assert_ptr_nonnull(strstr(q->sql, "tag = $x$ $4 $"));
+	ck_assert_uint_eq(q->nparams, 2);
+	ck_assert_str_eq(q->params[1], "{{data.batch_id}}");
+	ck_assert_str_eq(q->dsn, "host=stage1 user=ro password=env-pw dbname=s1");
+	ck_assert_int_eq(q->timeout_ms, 5000);
+	ck_assert_str_eq(c.routes[0].kind, "batch");
+	out = print_to_string(&c);
+	ck_assert_msg(strstr(out, "env-pw") == NULL, "secret printed:\n%s",
+	    out);
+	ck_assert_ptr_nonnull(strstr(out, "      documents_query:\n"
+	    "        sql: \"SELECT document_id"));
+	ck_assert_ptr_nonnull(strstr(out, "        params: [\"{{data.job_id}}\", "
+	    "\"{{data.batch_id}}\"]\n"));
+	ck_assert_ptr_nonnull(strstr(out, "        dsn: \"host=stage1 user=ro "
+	    "password=<redacted> dbname=s1\"\n"));
+	ck_assert_ptr_nonnull(strstr(out, "        timeout_ms: 5000\n"));
+	free(out);
+	config_free(&c);
+
+	/* No dsn: the ledger's; the default timeout. */
+	ck_assert_msg(load(QUERY_ROUTE(
+	    "      documents_query: {sql: \"SELECT * FROM t WHERE j = $1\", "
+	    "params: [\"{{data.job_id}}\"]}\n"), &c) == 0, "%s", err);
+	q = &c.routes[0].documents_query;
+	ck_assert_ptr_null(q->dsn);
+	ck_assert_int_eq(q->timeout_ms, 30000);
+	out = print_to_string(&c);
+	ck_assert_ptr_nonnull(strstr(out, "        dsn: null\n"));
+	free(out);
+	config_free(&c);
+	unsetenv("SQ_PW");
+}
+END_TEST
+
+START_TEST(test_documents_query_errors)
+{
+	/* Both sources of documents. */
+	expect_error(QUERY_ROUTE(
+	    "      documents_file: \"{{data.output_location}}\"\n"
+	    "      documents_query:\n"
+	    "        sql: \"SELECT * FROM t WHERE j = $1\"\n"
+	    "        params: [\"{{data.job_id}}\"]\n"),
+	    "test.yaml:8:7: event_consumer.routes[0]: a route reads "
+	    "documents_file or documents_query, not both");
+	/* A template in the SQL: never spliced in. */
+	expect_error(QUERY_ROUTE(
+	    "      documents_query:\n"
+	    "        sql: \"SELECT * FROM t WHERE j = '{{data.job_id}}'\"\n"),
+	    "test.yaml:8:9: event_consumer.routes[0].documents_query.sql: a "
+	    "template ({{...}}) inside the SQL; write $1, $2, ... there and "
+	    "list the values in params");
+	/* One value too few, one too many, none at all. */
+	expect_error(QUERY_ROUTE(
+	    "      documents_query:\n"
+	    "        sql: \"SELECT * FROM t WHERE j = $1 AND b = $2\"\n"
+	    "        params: [\"{{data.job_id}}\"]\n"),
+	    "test.yaml:9:9: event_consumer.routes[0].documents_query: the sql "
+	    "uses $1..$2 but params lists 1 value (one template per "
+	    "placeholder");
+	expect_error(QUERY_ROUTE(
+	    "      documents_query:\n"
+	    "        sql: \"SELECT * FROM t WHERE j = $1\"\n"
+	    "        params: [\"{{data.job_id}}\", \"{{data.batch_id}}\"]\n"),
+	    "test.yaml:9:9: event_consumer.routes[0].documents_query: the sql "
+	    "uses $1..$1 but params lists 2 values");
+	expect_error(QUERY_ROUTE(
+	    "      documents_query:\n"
+	    "        sql: \"SELECT * FROM t WHERE j = $1\"\n"),
+	    "test.yaml:8:9: event_consumer.routes[0].documents_query: the sql "
+	    "uses $1..$1 but params lists 0 values");
+	/* A $n in a string or a comment is no placeholder. */
+	expect_error(QUERY_ROUTE(
+	    "      documents_query:\n"
+	    "        sql: \"SELECT * FROM t WHERE j = '$1' /* $2 */\"\n"
+	    "        params: [\"{{data.job_id}}\"]\n"),
+	    "the sql uses no placeholder but params lists 1 value");
+	expect_error(QUERY_ROUTE(
+	    "      documents_query:\n"
+	    "        sql: \"SELECT * FROM t WHERE j = $2\"\n"
+	    "        params: [\"{{data.job_id}}\", \"{{data.batch_id}}\"]\n"),
+	    "test.yaml:8:9: event_consumer.routes[0].documents_query.sql: $1 "
+	    "is never used but $2 is");
+	/* kind: document cannot read documents. */
+	expect_error(QUERY_ROUTE(
+	    "      kind: document\n"
+	    "      documents_query:\n"
+	    "        sql: \"SELECT * FROM t WHERE j = $1\"\n"
+	    "        params: [\"{{data.job_id}}\"]\n"),
+	    "test.yaml:3:7: event_consumer.routes[0]: documents_query makes a "
+	    "batch route (drop kind: document, or the documents_query)");
+	expect_error(QUERY_ROUTE(
+	    "      documents_query:\n"
+	    "        params: [\"{{data.job_id}}\"]\n"),
+	    "test.yaml:7:7: event_consumer.routes[0].documents_query: missing "
+	    "required key sql");
+	expect_error(QUERY_ROUTE(
+	    "      documents_query:\n"
+	    "        sql: \"SELECT * FROM t WHERE j = $1\"\n"
+	    "        params: [\"{{data.job_id\"]\n"),
+	    "test.yaml:9:9: event_consumer.routes[0].documents_query.params[0]: "
+	    "bad template");
+	expect_error(QUERY_ROUTE(
+	    "      documents_query:\n"
+	    "        sql: \"SELECT * FROM t WHERE j = $1\"\n"
+	    "        params: [\"{{documents}}\"]\n"),
+	    "params[0]: the documents are what the query selects");
+	expect_error(QUERY_ROUTE(
+	    "      documents_query:\n"
+	    "        sql: \"SELECT 1\"\n"
+	    "        password_file: /etc/hostname\n"),
+	    "test.yaml:7:7: event_consumer.routes[0].documents_query: "
+	    "password_file needs a dsn");
+	expect_error(QUERY_ROUTE(
+	    "      documents_query:\n"
+	    "        sql: \"SELECT 1\"\n"
+	    "        timeout_ms: 5\n"),
+	    "test.yaml:9:21: event_consumer.routes[0].documents_query."
+	    "timeout_ms: 5 is out of range (100..3600000)");
+	/* The supervisor would take the worker for hung meanwhile. */
+	expect_error(QUERY_ROUTE(
+	    "      documents_query:\n"
+	    "        sql: \"SELECT 1\"\n"
+	    "        timeout_ms: 60000\n"),
+	    "test.yaml:9:9: event_consumer.routes[0].documents_query."
+	    "timeout_ms: 60000 ms must be less than supervisor.worker_timeout "
+	    "(60 s)");
+	expect_error(QUERY_ROUTE(
+	    "      documents_query:\n"
+	    "        sql: \"SELECT 1\"\n"
+	    "        dns: host=x\n"),
+	    "unknown key event_consumer.routes[0].documents_query.dns (did you "
+	    "mean dsn?)");
+}
+END_TEST
+
+START_TEST(test_documents_query_password_file)
+{
+	struct config c;
+	char *pg = write_temp("q-pass'word\n"), *yaml, *out;
+
+	ck_assert_int_ne(asprintf(&yaml, QUERY_ROUTE(
+	    "      documents_query:\n"
+	    "        sql: \"SELECT * FROM t WHERE j = $1\"\n"
+	    "        params: [\"{{data.job_id}}\"]\n"
+	    "        dsn: host=stage1\n"
+	    "        password_file: %s\n"), pg), -1);
+	ck_assert_msg(load(yaml, &c) == 0, "%s", err);
+	free(yaml);
+	ck_assert_str_eq(c.routes[0].documents_query.dsn,
+	    "host=stage1 password='q-pass\\'word'");
+	out = print_to_string(&c);
+	ck_assert_msg(strstr(out, "q-pass") == NULL, "secret printed:\n%s",
+	    out);
+	free(out);
+	config_free(&c);
+
+	ck_assert_int_ne(asprintf(&yaml, QUERY_ROUTE(
+	    "      documents_query:\n"
+	    "        sql: \"SELECT 1\"\n"
+	    "        dsn: \"host=stage1 password=x\"\n"
+	    "        password_file: %s\n"), pg), -1);
+	expect_error(yaml, "test.yaml:10:9: event_consumer.routes[0]."
+	    "documents_query.password_file: event_consumer.routes[0]."
+	    "documents_query.dsn holds a password already");
+	free(yaml);
+	unlink(pg);
+	free(pg);
+}
+END_TEST
+
 /* Loads content from a file of the given mode; returns the file's name. */
 static char *
 load_mode(const char *content, mode_t mode, struct config *c)
@@ -1100,6 +1298,11 @@ START_TEST(test_readable_secret_warning)
 	    "password=pg-lit\"\n", 0644, "event_consumer.ledger.dsn", "pg-lit");
 	expect_warning("event_consumer:\n  ledger:\n    dsn: postgres://u:"
 	    "pg-lit@db/x\n", 0644, "event_consumer.ledger.dsn", "pg-lit");
+	/* A documents query's DSN is a secret as the ledger's is. */
+	expect_warning(QUERY_ROUTE("      documents_query:\n"
+	    "        sql: \"SELECT 1\"\n"
+	    "        dsn: \"host=s1 password=q-lit\"\n"), 0644,
+	    "event_consumer.routes[0].documents_query.dsn", "q-lit");
 	expect_warning("event_consumer:\n  nlp_api:\n    headers:\n"
 	    "      Authorization: Bearer tok-lit\n", 0644,
 	    "event_consumer.nlp_api.headers.Authorization", "tok-lit");
@@ -1441,6 +1644,9 @@ config_suite(void)
 	tcase_add_test(tc, test_print_redacts_secrets);
 	tcase_add_test(tc, test_print_round_trip);
 	tcase_add_test(tc, test_password_files);
+	tcase_add_test(tc, test_documents_query);
+	tcase_add_test(tc, test_documents_query_errors);
+	tcase_add_test(tc, test_documents_query_password_file);
 	tcase_add_test(tc, test_readable_secret_warning);
 	tcase_add_test(tc, test_transport_warnings);
 	tcase_add_test(tc, test_validation);
