@@ -2711,6 +2711,8 @@ config_forget_secrets(struct config *cfg, enum config_role role)
 	}
 	forget(&cfg->ledger.dsn);
 	cfg->ledger.dsn = xstrdup("");
+	for (size_t i = 0; i < cfg->nroutes; i++)
+		forget(&cfg->routes[i].documents_query.dsn);
 	for (size_t i = 0; i < cfg->nlp_api.nheaders; i++) {
 		forget(&cfg->nlp_api.headers[i].value);
 		cfg->nlp_api.headers[i].value = xstrdup("");
