@@ -458,12 +458,13 @@ static void
 on_post_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     enum MHD_RequestTerminationCode code)
 {
+	const struct httpd *h = cls;
 	struct upload *u = *req_cls;
 
-	(void)cls;
 	(void)c;
 	(void)code;
-	if (u != NULL && u != &answered_early) {
+	/* A GET server's req_cls is its static marker, never an upload. */
+	if (h->post != NULL && u != NULL && u != &answered_early) {
 		buf_free(&u->body);
 		free(u);
 		*req_cls = NULL;
@@ -602,26 +603,17 @@ start_mhd(struct httpd *h, int fd, int conn_max, size_t conn_memory,
 	h->conn_fds = xcalloc((size_t)conn_max, sizeof(*h->conn_fds));
 	for (int i = 0; i < conn_max; i++)
 		h->conn_fds[i] = -1;
-	if (h->post != NULL)
-		h->mhd = MHD_start_daemon(flags, 0, NULL, NULL,
-		    on_post_request, h,
-		    MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-		    MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
-		    MHD_OPTION_CONNECTION_LIMIT, (unsigned int)conn_max,
-		    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)CONN_TIMEOUT_S,
-		    MHD_OPTION_CONNECTION_MEMORY_LIMIT, conn_memory,
-		    MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
-		    MHD_OPTION_NOTIFY_COMPLETED, on_post_completed, h,
-		    MHD_OPTION_END);
-	else
-		h->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h,
-		    MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-		    MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
-		    MHD_OPTION_CONNECTION_LIMIT, (unsigned int)conn_max,
-		    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)CONN_TIMEOUT_S,
-		    MHD_OPTION_CONNECTION_MEMORY_LIMIT, conn_memory,
-		    MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
-		    MHD_OPTION_END);
+	/* on_post_completed() frees a POST server's uploads, nothing else. */
+	h->mhd = MHD_start_daemon(flags, 0, NULL, NULL,
+	    h->post != NULL ? on_post_request : on_request, h,
+	    MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+	    MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
+	    MHD_OPTION_CONNECTION_LIMIT, (unsigned int)conn_max,
+	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)CONN_TIMEOUT_S,
+	    MHD_OPTION_CONNECTION_MEMORY_LIMIT, conn_memory,
+	    MHD_OPTION_NOTIFY_CONNECTION, on_connection, h,
+	    MHD_OPTION_NOTIFY_COMPLETED, on_post_completed, h,
+	    MHD_OPTION_END);
 	if (h->mhd == NULL) {
 		snprintf(err, errlen, "%s: libmicrohttpd failed to start",
 		    what);

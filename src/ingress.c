@@ -492,13 +492,12 @@ fail:
 
 /* ---- one request -------------------------------------------------------- */
 
+/* A JSON answer, one line; o is consumed. */
 static void
-answer_error(struct httpd_response *res, const char *detail)
+answer_json(struct httpd_response *res, cJSON *o)
 {
-	cJSON *o = cJSON_CreateObject();
 	char *text;
 
-	cJSON_AddStringToObject(o, "error", detail);
 	if ((text = cJSON_PrintUnformatted(o)) == NULL)
 		fatalx("ingress: out of memory");
 	buf_puts(&res->body, text);
@@ -508,21 +507,24 @@ answer_error(struct httpd_response *res, const char *detail)
 }
 
 static void
+answer_error(struct httpd_response *res, const char *detail)
+{
+	cJSON *o = cJSON_CreateObject();
+
+	cJSON_AddStringToObject(o, "error", detail);
+	answer_json(res, o);
+}
+
+static void
 answer_accepted(struct httpd_response *res, char (*ids)[48], size_t n)
 {
 	cJSON *o = cJSON_CreateObject(), *a;
-	char *text;
 
 	cJSON_AddNumberToObject(o, "accepted", (double)n);
 	a = cJSON_AddArrayToObject(o, "ids");
 	for (size_t i = 0; i < n; i++)
 		cJSON_AddItemToArray(a, cJSON_CreateString(ids[i]));
-	if ((text = cJSON_PrintUnformatted(o)) == NULL)
-		fatalx("ingress: out of memory");
-	buf_puts(&res->body, text);
-	buf_putc(&res->body, '\n');
-	free(text);
-	cJSON_Delete(o);
+	answer_json(res, o);
 }
 
 static const char *
